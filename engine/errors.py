@@ -1,0 +1,28 @@
+"""User-facing errors: each one names the file or field at fault and maps to CLI exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DefectScopeError(Exception):
+    """An error caused by the user's input, shown as one clear line (never a traceback)."""
+
+    exit_code = 2
+
+
+class DatasetError(DefectScopeError):
+    """A dataset cannot be used as asked (missing folder, empty split, unknown category...)."""
+
+
+class ImageReadError(DefectScopeError):
+    """One image or mask file cannot be read."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class ModelError(DefectScopeError):
+    """A model directory is missing, incomplete or incompatible."""

@@ -1,0 +1,226 @@
+"""`defectscope` command line: train, eval, infer, datasets, demo.
+
+Each subcommand imports what it needs when it runs, so `defectscope infer` never loads torch, and training
+goes through the engine's job registry (the app never imports the trainers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+
+
+def _progress_printer(label: str) -> Callable[[float, str], None]:
+    last = {"pct": -10, "t": 0.0}
+
+    def report(fraction: float, message: str) -> None:
+        pct = int(fraction * 100)
+        now = time.monotonic()
+        if pct >= last["pct"] + 10 or pct == 100 and last["pct"] != 100 or now - last["t"] > 15:
+            last.update(pct=pct, t=now)
+            print(f"[{label}] {pct:3d}% {message}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine.jobs import run_job
+
+    params = {
+        "data": args.data,
+        "category": args.category,
+        "out": args.out,
+        "image_size": args.image_size,
+        "device": args.device,
+        "backbone": args.backbone,
+        "bank_size": args.bank_size,
+    }
+    _check_dataset_path(args.data)
+    result = run_job("train_anomaly", params, _progress_printer("train"))
+    meta = result["metadata"]
+    tr = meta["training"]
+    print(
+        f"model written to {result['run_dir']}: {tr['n_train_images']} good images, bank {tr['bank_size']} x "
+        f"{tr['feature_dim']}, {tr['seconds_total']:.1f} s on {tr['device']}, "
+        f"ONNX parity {meta['export']['parity_max_abs_score_diff']:.1e}"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from engine.jobs import run_job
+
+    _check_dataset_path(args.data)
+    params = {"model": args.model, "data": args.data, "category": args.category, "report": args.report,
+              "device": args.device}
+    r = run_job("eval", params, _progress_printer("eval"))
+    print(_format_metrics(r))
+    if args.report:
+        print(f"report written to {args.report}")
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from engine.infer import infer
+
+    summary = infer(args.model, args.inputs, args.out, device=args.device)
+    n_ng = sum(r["verdict"] == "NG" for r in summary["results"])
+    print(
+        f"{len(summary['results'])} images scored on {summary['provider']}: {n_ng} NG, "
+        f"{len(summary['results']) - n_ng} OK; heatmaps and scores.json in {args.out}"
+    )
+    for err in summary["errors"]:
+        print(f"skipped {err['path']}: {err['error']}", file=sys.stderr)
+    if not summary["results"]:
+        return EXIT_USER_ERROR
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from engine.datasets import formats, load_dataset
+
+    if args.action == "formats":
+        for name, reader in formats().items():
+            print(f"{name:10s} {reader.description}")
+        return 0
+    ds = load_dataset(args.root, format=args.format, category=args.category)
+    counts = Counter((s.category or "-", s.split, s.label, s.defect_type or "-") for s in ds.samples)
+    print(f"{ds.root}: format {ds.format}, {len(ds.samples)} images, {len(ds.issues)} issues")
+    for (cat, split, label, defect), n in sorted(counts.items()):
+        print(f"  {cat:20s} {split:11s} {label:10s} {defect:20s} {n}")
+    for issue in ds.issues[: args.max_issues]:
+        print(f"  issue: {issue}")
+    if len(ds.issues) > args.max_issues:
+        print(f"  ... and {len(ds.issues) - args.max_issues} more issues")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Generate the demo dataset if needed, train on one category, evaluate, and write heatmaps."""
+    from engine.datasets.demo import default_data_home, ensure_demo_dataset
+    from engine.infer import infer
+    from engine.jobs import run_job
+
+    home = Path(args.home) if args.home else default_data_home()
+    root = ensure_demo_dataset(home / "demo")
+    run_dir = home / "runs" / f"demo_{args.category}"
+    print(f"demo dataset: {root}")
+    run_job("train_anomaly", {"data": str(root), "category": args.category, "out": str(run_dir),
+                              "device": args.device}, _progress_printer("train"))
+    report = run_dir / "eval_report.json"
+    r = run_job("eval", {"model": str(run_dir), "data": str(root), "category": args.category,
+                         "report": str(report), "device": args.device}, _progress_printer("eval"))
+    print(_format_metrics(r))
+    test_dir = root / args.category / "test"
+    summary = infer(run_dir, [test_dir], run_dir / "heatmaps", device=args.device)
+    print(f"model: {run_dir}\nreport: {report}\nheatmaps: {run_dir / 'heatmaps'} ({len(summary['results'])} images)")
+    return 0
+
+
+def _format_metrics(r: dict) -> str:
+    def f(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    return (
+        f"image AUROC {f(r['image_auroc'])}  pixel AUROC {f(r['pixel_auroc'])}  AU-PRO {f(r['aupro'])}  "
+        f"F1-max {f(r['f1_max'])} @ {f(r['threshold'])}  ({r['n_test']} test images, "
+        f"{r['latency_ms']:.1f} ms/image on {r['provider']})"
+    )
+
+
+def _check_dataset_path(path: str) -> None:
+    from engine.errors import DatasetError
+
+    if not Path(path).exists():
+        raise DatasetError(f"{path}: dataset path does not exist")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="defectscope", description="DefectScope: industrial visual inspection workbench")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model")
+    train_sub = train.add_subparsers(dest="method", required=True)
+    ta = train_sub.add_parser("anomaly", help="memory-bank anomaly model from good images")
+    ta.add_argument("--data", required=True, help="dataset root (MVTec layout, plain folder, ...)")
+    ta.add_argument("--category", default=None)
+    ta.add_argument("--out", required=True, help="run directory for model.onnx + model.json")
+    ta.add_argument("--image-size", type=int, default=256, help="longer image side fed to the model")
+    ta.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ta.add_argument("--backbone", default="efficientnet-lite0",
+                    choices=["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
+    ta.add_argument("--bank-size", type=int, default=16384, help="hard cap on memory-bank rows")
+    ta.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a model on a dataset's test split")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--category", default=None)
+    ev.add_argument("--report", default=None, help="write the JSON report here")
+    ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ev.set_defaults(func=cmd_eval)
+
+    inf = sub.add_parser("infer", help="score images; write heatmaps and scores.json")
+    inf.add_argument("--model", required=True)
+    inf.add_argument("--out", required=True)
+    inf.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    inf.add_argument("inputs", nargs="+", help="images or folders")
+    inf.set_defaults(func=cmd_infer)
+
+    ds = sub.add_parser("datasets", help="inspect datasets")
+    ds.add_argument("action", choices=["inspect", "formats"])
+    ds.add_argument("root", nargs="?", default=".")
+    ds.add_argument("--format", default="auto")
+    ds.add_argument("--category", default=None)
+    ds.add_argument("--max-issues", type=int, default=20)
+    ds.set_defaults(func=cmd_datasets)
+
+    demo = sub.add_parser("demo", help="generate the demo dataset, train, evaluate and write heatmaps")
+    demo.add_argument("--category", default="washer")
+    demo.add_argument("--home", default=None, help="data folder (default: $DEFECTSCOPE_HOME or the user data dir)")
+    demo.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from engine.errors import DefectScopeError
+
+    try:
+        return int(args.func(args) or 0)
+    except DefectScopeError as exc:
+        print(f"defectscope: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("defectscope: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        # Unexpected failures: one line for the user, the traceback in a log file for the bug report.
+        fd, log_path = tempfile.mkstemp(prefix="defectscope-crash-", suffix=".log")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps({"argv": sys.argv}) + "\n")
+            traceback.print_exc(file=fh)
+        print(f"defectscope: internal error: {exc.__class__.__name__}: {exc} (details: {log_path})", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Evaluate an exported model on a dataset's test split through ONNX Runtime (the inspection path)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine.datasets import DEFECTIVE, GOOD, load_dataset
+from engine.datasets.imageio import read_image, read_mask
+from engine.errors import DatasetError, DefectScopeError
+from engine.metrics import evaluate_anomaly
+from engine.runtime import AnomalyModel
+
+
+def evaluate(
+    model_dir: str | Path,
+    data_root: str | Path,
+    category: str | None = None,
+    report_path: str | Path | None = None,
+    device: str = "auto",
+    progress=None,
+) -> dict:
+    """Metrics of the model on the labelled test images; writes the JSON report when `report_path` is given."""
+    report = progress or (lambda _f, _m: None)
+    model = AnomalyModel(model_dir, device=device)
+    dataset = load_dataset(data_root, category=category)
+    tests = [s for s in dataset.samples if s.split == "test" and s.label in (GOOD, DEFECTIVE)]
+    if category is not None:
+        tests = [s for s in tests if s.category in (None, category)]
+    if not tests:
+        raise DatasetError(f"{data_root}: no labelled test images for category '{category}' (test split is empty)")
+
+    scores, labels, maps, masks, per_image, issues, latencies = [], [], [], [], [], [], []
+    any_mask = any(s.mask_path is not None for s in tests if s.label == DEFECTIVE)
+    for i, sample in enumerate(tests):
+        try:
+            image = read_image(sample.image_path)
+            mask = None
+            if sample.label == DEFECTIVE and sample.mask_path is not None:
+                mask = read_mask(sample.mask_path, shape=image.shape[:2])
+        except DefectScopeError as exc:
+            issues.append(str(exc))
+            continue
+        t0 = time.perf_counter()
+        pred = model.predict(image)
+        latencies.append((time.perf_counter() - t0) * 1000.0)
+        scores.append(pred.score)
+        labels.append(1 if sample.label == DEFECTIVE else 0)
+        if any_mask and (sample.label == GOOD or mask is not None):
+            maps.append(pred.anomaly_map.astype(np.float32, copy=False))
+            masks.append(mask if mask is not None else np.zeros(image.shape[:2], dtype=bool))
+        per_image.append(
+            {
+                "path": str(sample.image_path),
+                "label": sample.label,
+                "defect_type": sample.defect_type,
+                "score": round(pred.score, 6),
+                "verdict": "NG" if pred.is_anomalous else "OK",
+            }
+        )
+        report((i + 1) / len(tests), f"evaluated {i + 1}/{len(tests)}")
+    if not scores:
+        raise DatasetError(f"{data_root}: none of the {len(tests)} test images could be read")
+
+    try:
+        metrics = evaluate_anomaly(scores, labels, maps or None, masks or None)
+    except ValueError as exc:  # e.g. a test split with one class only
+        metrics = {"image_auroc": None, "pixel_auroc": None, "aupro": None, "f1_max": None, "threshold": None}
+        issues.append(f"metrics: {exc}")
+    # The first call includes ORT's lazy initialisation; the median over the rest is the steady state.
+    steady = latencies[1:] if len(latencies) > 1 else latencies
+    result = {
+        **metrics,
+        "n_test": len(scores),
+        "n_good": int(len(labels) - sum(labels)),
+        "n_defective": int(sum(labels)),
+        "latency_ms": round(float(np.median(steady)), 3),
+        "provider": model.provider,
+        "model_threshold": model.threshold,
+        "at_model_threshold": _confusion(scores, labels, model.threshold),
+        "per_defect_type": _per_defect(per_image),
+        "category": category,
+        "model": str(Path(model_dir).resolve()),
+        "data": str(Path(data_root).resolve()),
+        "issues": issues,
+        "per_image": per_image,
+    }
+    if report_path is not None:
+        path = Path(report_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _confusion(scores: list[float], labels: list[int], threshold: float) -> dict:
+    s = np.asarray(scores)
+    y = np.asarray(labels, dtype=bool)
+    pred = s >= threshold
+    n_good, n_def = int((~y).sum()), int(y.sum())
+    return {
+        "false_positives": int((pred & ~y).sum()),
+        "misses": int((~pred & y).sum()),
+        "false_positive_rate": float((pred & ~y).sum() / n_good) if n_good else None,
+        "recall": float((pred & y).sum() / n_def) if n_def else None,
+    }
+
+
+def _per_defect(per_image: list[dict]) -> dict:
+    out: dict[str, dict] = {}
+    for row in per_image:
+        if row["label"] != DEFECTIVE:
+            continue
+        d = out.setdefault(row["defect_type"] or "unknown", {"n": 0, "detected": 0})
+        d["n"] += 1
+        d["detected"] += row["verdict"] == "NG"
+    for d in out.values():
+        d["recall"] = d["detected"] / d["n"]
+    return out
+
+
+def eval_job(params, progress) -> dict:  # noqa: ANN001  (registry entry: EvalParams, Progress)
+    result = evaluate(params.model, params.data, params.category, params.report, params.device, progress)
+    return {k: v for k, v in result.items() if k != "per_image"}

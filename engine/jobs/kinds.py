@@ -1,0 +1,48 @@
+"""The built-in job kinds and their parameters."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from engine.jobs.registry import JobKind, register_job_kind
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class TrainAnomalyParams(BaseModel, extra="forbid"):
+    data: str = Field(description="dataset root")
+    category: str | None = Field(default=None, description="category (sub-folder) to train on")
+    out: str = Field(description="run directory the model is written to")
+    image_size: int = Field(default=256, ge=64, le=2048)
+    device: Device = "auto"
+    backbone: Literal["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"] = "efficientnet-lite0"
+    bank_size: int = Field(default=16384, ge=16, le=1_000_000)
+
+
+class EvalParams(BaseModel, extra="forbid"):
+    model: str
+    data: str
+    category: str | None = None
+    report: str | None = None
+    device: Device = "auto"
+
+
+register_job_kind(
+    JobKind(
+        name="train_anomaly",
+        entry="trainers.patchcore.job:train_job",
+        params=TrainAnomalyParams,
+        description="Train a memory-bank anomaly model on good images and export it to ONNX",
+        needs_torch=True,
+    )
+)
+register_job_kind(
+    JobKind(
+        name="eval",
+        entry="engine.evaluate:eval_job",
+        params=EvalParams,
+        description="Evaluate an exported model on a dataset's test split (ONNX Runtime)",
+    )
+)

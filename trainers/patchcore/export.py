@@ -1,0 +1,92 @@
+"""Export the memory-bank model as one ONNX graph with pre/post-processing, plus its metadata, parity-checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from engine.datasets.imageio import read_image
+from trainers.common.onnx_graph import CORE_INPUT, CORE_OUTPUTS, compose_anomaly_model, preprocess_model
+from trainers.patchcore.model import PatchCoreModel
+
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "model.json"
+PARITY_TOLERANCE = 1e-4
+
+
+def export_core(model: PatchCoreModel, image_size: int) -> onnx.ModelProto:
+    """torch -> ONNX for the core, with dynamic height and width (aspect-preserving inputs vary in shape)."""
+    h = torch.export.Dim("h", min=32, max=8 * image_size)
+    w = torch.export.Dim("w", min=32, max=8 * image_size)
+    example = torch.rand(1, 3, image_size, image_size) * 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=[CORE_INPUT],
+            output_names=list(CORE_OUTPUTS),
+            dynamic_shapes={"x": {2: h, 3: w}},
+            opset_version=18,
+            external_data=False,
+            verbose=False,
+        )
+    return program.model_proto
+
+
+def parity(model: PatchCoreModel, onnx_bytes: bytes, image_size: int, images: list[np.ndarray]) -> float:
+    """Max |score_torch - score_onnx| (normalised units) over `images`; both paths see the same pixels."""
+    full = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    pre = ort.InferenceSession(preprocess_model(image_size).SerializeToString(), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for img in images:
+        onnx_score = full.run(None, {"image": img})[0]
+        x = torch.from_numpy(pre.run(None, {"image": img})[0])
+        with torch.inference_mode():
+            torch_score = model(x)[0].numpy()
+        worst = max(worst, float(np.abs(onnx_score - torch_score).max()))
+    return worst
+
+
+def export_model(
+    model: PatchCoreModel, out_dir: Path, metadata: dict, image_size: int, parity_images: list[Path]
+) -> Path:
+    """Write model.onnx and model.json into out_dir atomically (a crash never leaves a half-written model)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    full = compose_anomaly_model(export_core(model, image_size), image_size)
+    data = full.SerializeToString()
+    images = [read_image(p) for p in parity_images]
+    if not images:
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)]
+    diff = parity(model, data, image_size, images)
+    if diff > PARITY_TOLERANCE:
+        raise RuntimeError(f"exported ONNX disagrees with the torch model: max score difference {diff:.2e}")
+    meta = dict(metadata)
+    meta["export"] = {"opset": 18, "parity_max_abs_score_diff": diff, "parity_images": [str(p) for p in parity_images]}
+    _atomic_write(out_dir / MODEL_FILE, data)
+    _atomic_write(out_dir / METADATA_FILE, json.dumps(meta, indent=2).encode())
+    return out_dir
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; models are shared with other users of the PC
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,205 @@
+"""Training loop of the memory-bank model: features of good images -> coreset bank -> calibration -> ONNX."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+import engine
+from engine.datasets import GOOD, Sample, load_dataset
+from engine.datasets.imageio import read_image
+from engine.errors import DatasetError, DefectScopeError
+from trainers.common.onnx_graph import preprocess_model
+from trainers.patchcore.coreset import greedy_coreset
+from trainers.patchcore.export import export_model
+from trainers.patchcore.model import PatchCoreModel, PatchFeatures
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class TrainConfig:
+    image_size: int = 256
+    backbone: str = "efficientnet-lite0"
+    stages: tuple[int, int] = (2, 4)
+    bank_size: int = 16384  # hard cap on bank rows: memory and latency stay bounded on any training set
+    coreset_ratio: float = 0.1
+    max_coreset_candidates: int = 400_000
+    holdout_fraction: float = 0.1  # good images kept out of the bank to calibrate the threshold
+    max_holdout: int = 40
+    blur_sigma: float = 4.0
+    threshold_sigmas: float = 3.0
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metadata: dict = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DefectScopeError("--device cuda asked for, but torch sees no CUDA GPU on this machine")
+    if device not in ("cpu", "cuda"):
+        raise DefectScopeError(f"--device must be auto, cpu or cuda (got '{device}')")
+    return torch.device(device)
+
+
+def split_holdout(samples: list[Sample], fraction: float, max_holdout: int) -> tuple[list[Sample], list[Sample]]:
+    """Every k-th image is held out (deterministic, spread over the whole set); at least one when possible."""
+    n = len(samples)
+    n_hold = min(max_holdout, int(round(n * fraction)))
+    if n >= 2:
+        n_hold = max(1, n_hold)
+    if n_hold == 0:
+        return samples, []
+    step = n / n_hold
+    hold_idx = {int(i * step + step / 2) for i in range(n_hold)}
+    train = [s for i, s in enumerate(samples) if i not in hold_idx]
+    hold = [s for i, s in enumerate(samples) if i in hold_idx]
+    return train, hold
+
+
+def train_anomaly(
+    data_root: str | Path,
+    category: str | None,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train a memory-bank model on the good training images of one category and export it to `out_dir`."""
+    cfg = config or TrainConfig()
+    report = progress or (lambda _f, _m: None)
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+
+    dataset = load_dataset(data_root, category=category)
+    goods = [s for s in dataset.samples if s.split == "train" and s.label == GOOD]
+    if category is not None:
+        goods = [s for s in goods if s.category in (None, category)]
+    if not goods:
+        raise DatasetError(f"{data_root}: category '{category}' has no good training images (train/good is empty)")
+    train_samples, holdout_samples = split_holdout(goods, cfg.holdout_fraction, cfg.max_holdout)
+
+    pre = ort.InferenceSession(preprocess_model(cfg.image_size).SerializeToString(), providers=["CPUExecutionProvider"])
+    features = PatchFeatures(cfg.backbone, cfg.stages).to(device).eval()
+    skipped: list[str] = []
+
+    def load(sample: Sample) -> torch.Tensor | None:
+        try:
+            img = read_image(sample.image_path)
+        except DefectScopeError as exc:
+            skipped.append(str(exc))
+            return None
+        return torch.from_numpy(pre.run(None, {"image": img})[0]).to(device)
+
+    # 1. patch features of every training image
+    chunks: list[torch.Tensor] = []
+    with torch.inference_mode():
+        for i, sample in enumerate(train_samples):
+            x = load(sample)
+            if x is not None:
+                f = features(x)
+                chunks.append(f[0].reshape(f.shape[1], -1).transpose(0, 1).to("cpu", torch.float32))
+            report(0.6 * (i + 1) / len(train_samples), f"features {i + 1}/{len(train_samples)}")
+    if not chunks:
+        raise DatasetError(f"{data_root}: none of the {len(train_samples)} good training images could be read")
+    n_train_read = len(chunks)
+    patches = torch.cat(chunks)
+    del chunks
+    t_features = time.perf_counter() - t_start
+
+    # 2. coreset memory bank
+    n_bank = int(min(cfg.bank_size, max(1, round(cfg.coreset_ratio * len(patches)))))
+    idx = greedy_coreset(
+        patches,
+        n_bank,
+        max_candidates=cfg.max_coreset_candidates,
+        seed=cfg.seed,
+        progress=lambda f: report(0.6 + 0.3 * f, f"coreset {int(f * n_bank)}/{n_bank}"),
+    )
+    bank = patches[idx].clone()
+    n_patches = len(patches)
+    del patches
+    t_coreset = time.perf_counter() - t_start - t_features
+
+    # 3. calibration on held-out good images (never seen by the bank)
+    model = PatchCoreModel(features, bank.to(device), blur_sigma=cfg.blur_sigma).to(device).eval()
+    hold_scores: list[float] = []
+    with torch.inference_mode():
+        for sample in holdout_samples:
+            x = load(sample)
+            if x is not None:
+                hold_scores.append(float(model.raw_map(x).amax()))
+    center, threshold = calibrate(hold_scores, cfg.threshold_sigmas)
+    model.set_normalisation(center, threshold)
+    report(0.92, "exporting ONNX")
+
+    # 4. export (ONNX + metadata); the parity check runs on real training images
+    model = model.to("cpu")
+    parity_images = [s.image_path for s in (holdout_samples or train_samples)[:2]]
+    out = Path(out_dir)
+    metadata = {
+        "kind": "anomaly/patchcore",
+        "category": category,
+        "dataset_root": str(Path(data_root).resolve()),
+        "dataset_format": dataset.format,
+        "backbone": cfg.backbone,
+        "stages": list(cfg.stages),
+        "input_size": cfg.image_size,
+        "resize": "keep aspect ratio, longer side = input_size, antialiased bilinear",
+        "threshold": 0.5,
+        "normalisation": {"center_raw": center, "threshold_raw": threshold},
+        "training": {
+            "n_train_images": n_train_read,
+            "n_holdout_images": len(hold_scores),
+            "holdout_raw_scores": [round(s, 6) for s in hold_scores],
+            "n_patches": n_patches,
+            "bank_size": int(len(bank)),
+            "feature_dim": int(bank.shape[1]),
+            "skipped_files": skipped,
+            "device": str(device),
+            "seconds_features": round(t_features, 2),
+            "seconds_coreset": round(t_coreset, 2),
+            "config": asdict(cfg),
+        },
+        "defectscope_version": engine.__version__,
+        "torch_version": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(),
+    }
+    export_model(model, out, metadata, cfg.image_size, parity_images)
+    metadata = json.loads((out / "model.json").read_text())
+    metadata["training"]["seconds_total"] = round(time.perf_counter() - t_start, 2)
+    (out / "model.json").write_text(json.dumps(metadata, indent=2))
+    report(1.0, "done")
+    return TrainResult(out, metadata)
+
+
+def calibrate(hold_scores: list[float], sigmas: float) -> tuple[float, float]:
+    """(center, threshold) in raw score units from held-out good images.
+
+    center = median; threshold = mean + `sigmas` standard deviations, never below the largest held-out score,
+    so no known-good image is rejected by default. With a single held-out image, 20% above its score.
+    """
+    if not hold_scores:
+        return 0.0, 1.0
+    s = np.asarray(hold_scores, dtype=np.float64)
+    center = float(np.median(s))
+    if len(s) == 1:
+        return center, float(s[0] * 1.2 + 1e-6)
+    threshold = max(float(s.mean() + sigmas * s.std(ddof=1)), float(s.max()) * 1.001)
+    return center, max(threshold, center + 1e-6)

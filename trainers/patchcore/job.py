@@ -1,0 +1,13 @@
+"""Engine entry point of the train_anomaly job kind."""
+
+from __future__ import annotations
+
+from trainers.patchcore.fit import TrainConfig, train_anomaly
+
+
+def train_job(params, progress) -> dict:  # noqa: ANN001  (registry entry: TrainAnomalyParams, Progress)
+    cfg = TrainConfig(
+        image_size=params.image_size, device=params.device, backbone=params.backbone, bank_size=params.bank_size
+    )
+    result = train_anomaly(params.data, params.category, params.out, cfg, progress)
+    return {"run_dir": str(result.run_dir), "metadata": result.metadata}

@@ -1,0 +1,95 @@
+"""The pure memory-bank model (PatchCore family), apart from its training loop.
+
+Input: one image already resized to the model grid (1 x 3 x h x w, pixel values 0..255, any h, w).
+Output: the normalised image score (shape [1]) and the normalised, blurred anomaly map (1 x 1 x h x w).
+Everything here is exported to ONNX, so the torch path and every runtime compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainers.common.efficientnet_lite import PIXEL_MEAN, PIXEL_STD, EfficientNetLiteFeatures
+
+
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    radius = max(1, math.ceil(4.0 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+class PatchFeatures(nn.Module):
+    """Locally aware patch features: two backbone stages, 3x3 neighbourhood average, deeper stage upsampled."""
+
+    def __init__(self, backbone: str = "efficientnet-lite0", stages: tuple[int, int] = (2, 4)) -> None:
+        super().__init__()
+        self.backbone = EfficientNetLiteFeatures(backbone, stages)
+        self.dim = sum(self.backbone.channels)
+        self.stride = self.backbone.strides[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: N x 3 x h x w in 0..255 -> N x D x h/stride x w/stride."""
+        feats = self.backbone((x - PIXEL_MEAN) / PIXEL_STD)
+        # count_include_pad=False keeps border patches on the same scale as interior ones.
+        pooled = [F.avg_pool2d(f, 3, stride=1, padding=1, count_include_pad=False) for f in feats]
+        size = pooled[0].shape[-2:]
+        up = [pooled[0]] + [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pooled[1:]]
+        return torch.cat(up, dim=1)
+
+
+class PatchCoreModel(nn.Module):
+    """Nearest-neighbour distance of each patch to the memory bank, blurred, with score normalisation.
+
+    Normalisation is affine: 0 is the median score of held-out good images, 0.5 the decision threshold.
+    The same affine map applies to the anomaly map, so a map value above 0.5 means "above the image threshold".
+    """
+
+    def __init__(
+        self,
+        features: PatchFeatures,
+        bank: torch.Tensor,
+        blur_sigma: float = 4.0,
+        norm_center: float = 0.0,
+        norm_threshold: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.features = features
+        self.register_buffer("bank", bank.float().contiguous())
+        self.register_buffer("bank_sqnorm", (bank.float() ** 2).sum(1))
+        kernel = gaussian_kernel1d(blur_sigma)
+        self.register_buffer("blur_x", kernel.view(1, 1, 1, -1))
+        self.register_buffer("blur_y", kernel.view(1, 1, -1, 1))
+        self.register_buffer("norm", torch.tensor([norm_center, norm_threshold], dtype=torch.float32))
+
+    def set_normalisation(self, center: float, threshold: float) -> None:
+        if not threshold > center:
+            threshold = center + 1e-6
+        self.norm.copy_(torch.tensor([center, threshold]))
+
+    def patch_distances(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw nearest-bank distance per patch: 1 x 1 x h' x w'."""
+        f = self.features(x)
+        _, d, h, w = f.shape
+        p = f.reshape(d, h * w).transpose(0, 1)
+        d2 = (p * p).sum(1, keepdim=True) - 2.0 * (p @ self.bank.transpose(0, 1)) + self.bank_sqnorm[None, :]
+        dist = torch.sqrt(torch.clamp(d2.min(dim=1).values, min=0.0))
+        return dist.reshape(1, 1, h, w)
+
+    def raw_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Blurred distance map at the input's resolution, before normalisation."""
+        m = F.interpolate(self.patch_distances(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        rx = self.blur_x.shape[-1] // 2
+        ry = self.blur_y.shape[-2] // 2
+        m = F.conv2d(F.pad(m, (rx, rx, 0, 0), mode="replicate"), self.blur_x)
+        return F.conv2d(F.pad(m, (0, 0, ry, ry), mode="replicate"), self.blur_y)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.raw_map(x)
+        score = m.amax(dim=(1, 2, 3))
+        scale = 2.0 * (self.norm[1] - self.norm[0])
+        return (score - self.norm[0]) / scale, (m - self.norm[0]) / scale

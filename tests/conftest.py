@@ -15,3 +15,37 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"../shared/data not present: {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing a test does may write into the user's real data folder."""
+    monkeypatch.setenv("DEFECTSCOPE_HOME", str(tmp_path_factory.getbasetemp() / "home"))
+
+
+DEMO_CATEGORY = "washer"
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated demo dataset (MVTec layout): real images with real defects and masks."""
+    from engine.datasets.demo import generate_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo") / "demo"
+    return generate_demo_dataset(
+        root, categories=[DEMO_CATEGORY], n_train=16, n_test_good=6, n_test_defect_per_type=4, seed=1
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_model(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A memory-bank model trained once per session through the engine's job registry."""
+    from engine.jobs import run_job
+
+    out = tmp_path_factory.mktemp("runs") / "washer"
+    run_job(
+        "train_anomaly",
+        {"data": str(demo_data), "category": DEMO_CATEGORY, "out": str(out), "image_size": 192,
+         "bank_size": 2048, "device": "cpu"},
+    )
+    return out

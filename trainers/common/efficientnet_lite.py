@@ -38,10 +38,23 @@ def checkpoint_path(name: str) -> Path:
     return Path(getattr(module, cls_name).get_model_file_path())
 
 
+def _same_padding(k: int, stride: int) -> nn.Module:
+    """TF "SAME" padding, which the checkpoints were trained with, for inputs of even size.
+
+    Stride-2 layers pad more at the bottom/right than at the top/left; symmetric padding would shift every
+    feature by a pixel against the weights. The preprocessing makes model inputs multiples of 32, so every
+    stride-2 layer sees an even size and this static padding equals TF's dynamic one.
+    """
+    total = k - stride
+    before = total // 2
+    return nn.ZeroPad2d((before, total - before, before, total - before))
+
+
 class _ConvBNAct(nn.Sequential):
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True) -> None:
         layers: list[nn.Module] = [
-            nn.Conv2d(cin, cout, k, stride, padding=k // 2, groups=groups, bias=False),
+            _same_padding(k, stride),
+            nn.Conv2d(cin, cout, k, stride, padding=0, groups=groups, bias=False),
             nn.BatchNorm2d(cout, eps=_BN_EPS),
         ]
         if act:
@@ -79,7 +92,7 @@ class EfficientNetLiteFeatures(nn.Module):
         self.block_stage = [block_stage[i] for i in keep]
         # The tap after the last block of each requested stage.
         self.taps = {max(i for i, s in enumerate(self.block_stage) if s == st): st for st in self.stages}
-        self.channels = tuple(blocks[max(i for i, s in enumerate(block_stage) if s == st)].project[0].out_channels
+        self.channels = tuple(blocks[max(i for i, s in enumerate(block_stage) if s == st)].project[1].out_channels
                               for st in self.stages)
         self.strides = tuple(2 * _prod(_STAGE_STRIDES[: st + 1]) for st in self.stages)
         self._load(state, mapping, keep)
@@ -114,17 +127,17 @@ class EfficientNetLiteFeatures(nn.Module):
             for attr in ("weight", "bias", "running_mean", "running_var"):
                 getattr(module, attr).data.copy_(state[f"{key}.{attr}"])
 
-        self.stem[0].weight.data.copy_(state["_conv_stem.weight"])
-        bn(self.stem[1], "_bn0")
+        self.stem[1].weight.data.copy_(state["_conv_stem.weight"])
+        bn(self.stem[2], "_bn0")
         for block, idx in zip(self.blocks, keep, strict=True):
             pre = prefixes[idx]
             if isinstance(block.expand, _ConvBNAct):
-                block.expand[0].weight.data.copy_(state[pre + "_expand_conv.weight"])
-                bn(block.expand[1], pre + "_bn0")
-            block.depthwise[0].weight.data.copy_(state[pre + "_depthwise_conv.weight"])
-            bn(block.depthwise[1], pre + "_bn1")
-            block.project[0].weight.data.copy_(state[pre + "_project_conv.weight"])
-            bn(block.project[1], pre + "_bn2")
+                block.expand[1].weight.data.copy_(state[pre + "_expand_conv.weight"])
+                bn(block.expand[2], pre + "_bn0")
+            block.depthwise[1].weight.data.copy_(state[pre + "_depthwise_conv.weight"])
+            bn(block.depthwise[2], pre + "_bn1")
+            block.project[1].weight.data.copy_(state[pre + "_project_conv.weight"])
+            bn(block.project[2], pre + "_bn2")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x: N x 3 x H x W, already normalised with PIXEL_MEAN / PIXEL_STD."""

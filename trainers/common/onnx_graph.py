@@ -20,36 +20,66 @@ OPSET = 18
 IR_VERSION = 9  # readable by every ONNX Runtime from 1.16 on
 
 
-def _pre_nodes(image_size: int, out: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+RESIZE_POLICIES = ("area", "stretch")
+SIDE_MULTIPLE = 32  # the backbone's coarsest stride: every stride-2 layer then sees an even size
+
+
+def _pre_nodes(image_size: int, out: str, policy: str = "area") -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes from IMAGE_INPUT to `out` (1 x 3 x h x w float, 0..255).
+
+    policy: "area" keeps the aspect ratio with h*w ~= image_size**2 (the patch count, hence latency, is fixed and
+    narrow parts are not squashed), each side rounded to a multiple of 32; "stretch" squashes to
+    image_size x image_size (image_size itself rounded to a multiple of 32).
+    """
+    if policy not in RESIZE_POLICIES:
+        raise ValueError(f"unknown resize policy '{policy}'; known: {', '.join(RESIZE_POLICIES)}")
     nodes = [
         helper.make_node("Cast", [IMAGE_INPUT], ["pre_float"], to=TensorProto.FLOAT, name="pre_cast"),
         helper.make_node("Transpose", ["pre_float"], ["pre_chw"], perm=[2, 0, 1], name="pre_transpose"),
         helper.make_node("Unsqueeze", ["pre_chw", "pre_axis0"], ["pre_nchw"], name="pre_unsqueeze"),
-        helper.make_node(
-            "Resize",
-            ["pre_nchw", "", "", "pre_sizes"],
-            [out],
-            mode="linear",
-            antialias=1,
-            keep_aspect_ratio_policy="not_larger",
-            axes=[2, 3],
-            name="pre_resize",
-        ),
     ]
     inits = [
         helper.make_tensor("pre_axis0", TensorProto.INT64, [1], [0]),
-        helper.make_tensor("pre_sizes", TensorProto.INT64, [2], [image_size, image_size]),
+        helper.make_tensor("pre_sizes", TensorProto.INT64, [2], [_round_to_multiple(image_size)] * 2),
     ]
+    resize_attrs: dict = {"mode": "linear", "antialias": 1, "axes": [2, 3]}
+    sizes = "pre_sizes"
+    if policy == "area":
+        # sizes = 32 * max(1, round([H, W] * image_size / sqrt(H * W) / 32))
+        sizes = "pre_area_sizes"
+        nodes += [
+            helper.make_node("Shape", [IMAGE_INPUT], ["pre_hw_i"], start=0, end=2, name="pre_shape"),
+            helper.make_node("Cast", ["pre_hw_i"], ["pre_hw_f"], to=TensorProto.FLOAT, name="pre_hw_cast"),
+            helper.make_node("ReduceProd", ["pre_hw_f"], ["pre_area"], keepdims=1, name="pre_area"),
+            helper.make_node("Sqrt", ["pre_area"], ["pre_side"], name="pre_side"),
+            helper.make_node("Div", ["pre_target", "pre_side"], ["pre_scale"], name="pre_scale"),
+            helper.make_node("Mul", ["pre_hw_f", "pre_scale"], ["pre_hw_scaled"], name="pre_hw_scaled"),
+            helper.make_node("Div", ["pre_hw_scaled", "pre_multiple"], ["pre_hw_units"], name="pre_hw_units"),
+            helper.make_node("Round", ["pre_hw_units"], ["pre_hw_round"], name="pre_hw_round"),
+            helper.make_node("Max", ["pre_hw_round", "pre_one"], ["pre_hw_clamped"], name="pre_hw_min"),
+            helper.make_node("Mul", ["pre_hw_clamped", "pre_multiple"], ["pre_hw_final"], name="pre_hw_final"),
+            helper.make_node("Cast", ["pre_hw_final"], [sizes], to=TensorProto.INT64, name="pre_sizes_cast"),
+        ]
+        inits += [
+            helper.make_tensor("pre_target", TensorProto.FLOAT, [1], [float(image_size)]),
+            helper.make_tensor("pre_multiple", TensorProto.FLOAT, [1], [float(SIDE_MULTIPLE)]),
+            helper.make_tensor("pre_one", TensorProto.FLOAT, [1], [1.0]),
+        ]
+    nodes.append(helper.make_node("Resize", ["pre_nchw", "", "", sizes], [out], name="pre_resize", **resize_attrs))
     return nodes, inits
+
+
+def _round_to_multiple(n: int) -> int:
+    return max(SIDE_MULTIPLE, SIDE_MULTIPLE * round(n / SIDE_MULTIPLE))
 
 
 def _image_input() -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(IMAGE_INPUT, TensorProto.UINT8, ["H", "W", 3])
 
 
-def preprocess_model(image_size: int) -> onnx.ModelProto:
-    """The preprocessing alone: image (H x W x 3 uint8) -> 1 x 3 x h x w float, longer side = image_size."""
-    nodes, inits = _pre_nodes(image_size, "resized")
+def preprocess_model(image_size: int, policy: str = "area") -> onnx.ModelProto:
+    """The preprocessing alone: image (H x W x 3 uint8) -> 1 x 3 x h x w float (see `_pre_nodes`)."""
+    nodes, inits = _pre_nodes(image_size, "resized", policy)
     graph = helper.make_graph(
         nodes,
         "defectscope_preprocess",
@@ -62,11 +92,11 @@ def preprocess_model(image_size: int) -> onnx.ModelProto:
     return model
 
 
-def compose_anomaly_model(core: onnx.ModelProto, image_size: int) -> onnx.ModelProto:
+def compose_anomaly_model(core: onnx.ModelProto, image_size: int, policy: str = "area") -> onnx.ModelProto:
     """image -> [preprocess] -> core -> [map back to the original size] -> (score [1], anomaly_map [H, W])."""
     core = onnx.shape_inference.infer_shapes(core)
     pre_out = "pre_resized"
-    pre_nodes, pre_inits = _pre_nodes(image_size, pre_out)
+    pre_nodes, pre_inits = _pre_nodes(image_size, pre_out, policy)
     core_nodes = []
     for node in core.graph.node:
         node = onnx.NodeProto.FromString(node.SerializeToString())

@@ -43,10 +43,12 @@ def export_core(model: PatchCoreModel, image_size: int) -> onnx.ModelProto:
     return program.model_proto
 
 
-def parity(model: PatchCoreModel, onnx_bytes: bytes, image_size: int, images: list[np.ndarray]) -> float:
+def parity(
+    model: PatchCoreModel, onnx_bytes: bytes, image_size: int, images: list[np.ndarray], policy: str
+) -> float:
     """Max |score_torch - score_onnx| (normalised units) over `images`; both paths see the same pixels."""
     full = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    pre = ort.InferenceSession(preprocess_model(image_size).SerializeToString(), providers=["CPUExecutionProvider"])
+    pre = ort.InferenceSession(preprocess_model(image_size, policy).SerializeToString(), providers=["CPUExecutionProvider"])
     worst = 0.0
     for img in images:
         onnx_score = full.run(None, {"image": img})[0]
@@ -58,17 +60,22 @@ def parity(model: PatchCoreModel, onnx_bytes: bytes, image_size: int, images: li
 
 
 def export_model(
-    model: PatchCoreModel, out_dir: Path, metadata: dict, image_size: int, parity_images: list[Path]
+    model: PatchCoreModel,
+    out_dir: Path,
+    metadata: dict,
+    image_size: int,
+    parity_images: list[Path],
+    policy: str = "area",
 ) -> Path:
     """Write model.onnx and model.json into out_dir atomically (a crash never leaves a half-written model)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    full = compose_anomaly_model(export_core(model, image_size), image_size)
+    full = compose_anomaly_model(export_core(model, image_size), image_size, policy)
     data = full.SerializeToString()
     images = [read_image(p) for p in parity_images]
     if not images:
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)]
-    diff = parity(model, data, image_size, images)
+    diff = parity(model, data, image_size, images, policy)
     if diff > PARITY_TOLERANCE:
         raise RuntimeError(f"exported ONNX disagrees with the torch model: max score difference {diff:.2e}")
     meta = dict(metadata)

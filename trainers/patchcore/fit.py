@@ -28,6 +28,7 @@ Progress = Callable[[float, str], None]
 @dataclass
 class TrainConfig:
     image_size: int = 256
+    resize: str = "area"  # see trainers.common.onnx_graph.RESIZE_POLICIES
     backbone: str = "efficientnet-lite0"
     stages: tuple[int, int] = (2, 4)
     bank_size: int = 16384  # hard cap on bank rows: memory and latency stay bounded on any training set
@@ -94,7 +95,7 @@ def train_anomaly(
         raise DatasetError(f"{data_root}: category '{category}' has no good training images (train/good is empty)")
     train_samples, holdout_samples = split_holdout(goods, cfg.holdout_fraction, cfg.max_holdout)
 
-    pre = ort.InferenceSession(preprocess_model(cfg.image_size).SerializeToString(), providers=["CPUExecutionProvider"])
+    pre = ort.InferenceSession(preprocess_model(cfg.image_size, cfg.resize).SerializeToString(), providers=["CPUExecutionProvider"])
     features = PatchFeatures(cfg.backbone, cfg.stages).to(device).eval()
     skipped: list[str] = []
 
@@ -160,7 +161,7 @@ def train_anomaly(
         "backbone": cfg.backbone,
         "stages": list(cfg.stages),
         "input_size": cfg.image_size,
-        "resize": "keep aspect ratio, longer side = input_size, antialiased bilinear",
+        "resize": cfg.resize,
         "threshold": 0.5,
         "normalisation": {"center_raw": center, "threshold_raw": threshold},
         "training": {
@@ -181,7 +182,7 @@ def train_anomaly(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": platform.node(),
     }
-    export_model(model, out, metadata, cfg.image_size, parity_images)
+    export_model(model, out, metadata, cfg.image_size, parity_images, cfg.resize)
     metadata = json.loads((out / "model.json").read_text())
     metadata["training"]["seconds_total"] = round(time.perf_counter() - t_start, 2)
     (out / "model.json").write_text(json.dumps(metadata, indent=2))

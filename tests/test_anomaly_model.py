@@ -1,0 +1,132 @@
+"""The memory-bank model end to end: training, ONNX export, parity, calibration, runtime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from engine.datasets import load_dataset
+from engine.datasets.imageio import read_image
+from engine.evaluate import evaluate
+from engine.runtime import AnomalyModel
+from tests.conftest import DEMO_CATEGORY
+from trainers.common.onnx_graph import RESIZE_POLICIES, preprocess_model
+from trainers.patchcore.coreset import greedy_coreset
+from trainers.patchcore.fit import calibrate, split_holdout
+from trainers.patchcore.model import PatchCoreModel, PatchFeatures
+
+
+def test_metadata_describes_the_model(trained_model):
+    meta = json.loads((trained_model / "model.json").read_text())
+    for key in ("input_size", "threshold", "category", "backbone", "training", "defectscope_version", "export"):
+        assert key in meta, key
+    assert meta["category"] == DEMO_CATEGORY
+    assert meta["backbone"] == "efficientnet-lite0"
+    tr = meta["training"]
+    assert tr["bank_size"] <= 2048
+    assert tr["n_holdout_images"] >= 1
+    assert tr["n_train_images"] + tr["n_holdout_images"] == 16
+    assert meta["export"]["parity_max_abs_score_diff"] < 1e-4
+
+
+def test_onnx_and_torch_agree_on_any_image_shape(trained_model):
+    """Rebuild the torch model from the exported bank and compare scores and maps on odd shapes."""
+    import onnx
+    from onnx import numpy_helper
+
+    meta = json.loads((trained_model / "model.json").read_text())
+    graph = onnx.load(str(trained_model / "model.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    bank = next(v for v in inits.values() if v.ndim == 2 and v.shape[1] == meta["training"]["feature_dim"]
+                and v.shape[0] == meta["training"]["bank_size"])
+    norm = meta["normalisation"]
+    model = PatchCoreModel(PatchFeatures(), torch.from_numpy(bank.copy())).eval()
+    model.set_normalisation(norm["center_raw"], norm["threshold_raw"])
+
+    runtime = AnomalyModel(trained_model, device="cpu")
+    pre = ort.InferenceSession(preprocess_model(meta["input_size"], meta["resize"]).SerializeToString(),
+                               providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    for h, w in [(300, 97), (64, 500), (192, 192), (517, 333)]:
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        pred = runtime.predict(img)
+        assert pred.anomaly_map.shape == (h, w)
+        with torch.inference_mode():
+            t_score, t_map = model(torch.from_numpy(pre.run(None, {"image": img})[0]))
+        assert abs(pred.score - float(t_score[0])) < 1e-4
+        assert float(pred.anomaly_map.max()) <= pred.score + 1e-3  # upsampling never exceeds the grid max
+
+
+def test_model_separates_defects_on_demo_data(trained_model, demo_data):
+    result = evaluate(trained_model, demo_data, DEMO_CATEGORY, device="cpu")
+    assert result["provider"] == "CPUExecutionProvider"
+    assert result["image_auroc"] > 0.85, result
+    assert result["pixel_auroc"] > 0.85, result
+    assert result["aupro"] is not None and result["aupro"] > 0.4, result
+    assert result["n_test"] == result["n_good"] + result["n_defective"]
+    # calibrated on held-out good images: most good test parts pass at the model's own threshold
+    assert result["at_model_threshold"]["false_positive_rate"] <= 0.5
+
+
+def test_defect_region_scores_higher_than_background(trained_model, demo_data):
+    ds = load_dataset(demo_data, category=DEMO_CATEGORY)
+    model = AnomalyModel(trained_model, device="cpu")
+    from engine.datasets.imageio import read_mask
+
+    inside, outside = [], []
+    for s in ds.samples:
+        if s.split == "test" and s.mask_path is not None and s.label == "defective":
+            img = read_image(s.image_path)
+            mask = read_mask(s.mask_path, img.shape[:2])
+            amap = model.predict(img).anomaly_map
+            inside.append(float(amap[mask].mean()))
+            outside.append(float(amap[~mask].mean()))
+    assert inside and np.mean(inside) > np.mean(outside) + 0.1
+
+
+@pytest.mark.parametrize("policy", RESIZE_POLICIES)
+def test_preprocessing_policies(policy):
+    sess = ort.InferenceSession(preprocess_model(256, policy).SerializeToString(), providers=["CPUExecutionProvider"])
+    img = np.zeros((400, 100, 3), dtype=np.uint8)
+    img[:, :50] = 200
+    out = sess.run(None, {"image": img})[0]
+    h, w = out.shape[-2:]
+    expected = {"area": (512, 128), "stretch": (256, 256)}[policy]
+    assert (h, w) == expected
+    assert out.dtype == np.float32 and 0 <= out.min() and out.max() <= 255.0 + 1e-3
+
+
+def test_coreset_covers_every_cluster_and_respects_the_cap():
+    gen = torch.Generator().manual_seed(0)
+    centers = torch.randn(20, 32, generator=gen) * 20
+    points = torch.cat([c + torch.randn(500, 32, generator=gen) for c in centers])
+    idx = greedy_coreset(points, 20, projection_dim=16)
+    assert len(idx) == 20 and len(set(idx.tolist())) == 20
+    clusters = {int(i) // 500 for i in idx}
+    assert clusters == set(range(20)), "greedy k-center must pick one point from every far-apart cluster"
+    assert len(greedy_coreset(points, 50_000)) == len(points)
+
+
+def test_holdout_split_and_calibration():
+    items = list(range(100))
+    train, hold = split_holdout(items, 0.1, 40)
+    assert len(hold) == 10 and not set(train) & set(hold) and len(train) + len(hold) == 100
+    assert split_holdout([1], 0.1, 40) == ([1], [])
+    assert len(split_holdout([1, 2], 0.1, 40)[1]) == 1
+    center, thr = calibrate([1.0, 1.1, 0.9, 1.05], 3.0)
+    assert center == pytest.approx(1.025)
+    assert thr >= 1.1  # never rejects a known-good held-out image
+    assert calibrate([], 3.0) == (0.0, 1.0)
+
+
+def test_runtime_reports_the_provider_it_really_uses(trained_model):
+    from engine.runtime.session import nvidia_driver_present
+
+    model = AnomalyModel(trained_model, device="cuda")
+    assert model.provider == model.session.get_providers()[0]
+    if not nvidia_driver_present():
+        assert model.provider == "CPUExecutionProvider"  # asked for CUDA, honestly reports CPU

@@ -1,0 +1,139 @@
+"""The `defectscope` command line as a user runs it: real subprocesses, exit codes, reports, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import DEMO_CATEGORY
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "app.cli", *args]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    err = proc.stderr.strip()
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert len(err.splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_wrong_dataset_path_is_one_clear_line(tmp_path):
+    missing = tmp_path / "nowhere"
+    proc = run_cli("train", "anomaly", "--data", str(missing), "--category", "x", "--out", str(tmp_path / "r"))
+    assert_clean_error(proc, str(missing), "does not exist")
+
+
+def test_unknown_category_names_the_available_ones(demo_data, tmp_path):
+    proc = run_cli("train", "anomaly", "--data", str(demo_data), "--category", "nope", "--out", str(tmp_path / "r"))
+    assert_clean_error(proc, "nope", DEMO_CATEGORY)
+
+
+def test_category_without_good_training_images(tmp_path):
+    cat = tmp_path / "ds" / "part"
+    (cat / "train" / "good").mkdir(parents=True)
+    (cat / "test" / "scratch").mkdir(parents=True)
+    cv2.imwrite(str(cat / "test" / "scratch" / "000.png"), np.full((64, 64, 3), 128, np.uint8))
+    proc = run_cli("train", "anomaly", "--data", str(tmp_path / "ds"), "--category", "part", "--out", str(tmp_path / "r"))
+    assert_clean_error(proc, "part")
+    assert "good" in proc.stderr
+
+
+def test_eval_with_empty_test_split(trained_model, tmp_path):
+    cat = tmp_path / "ds" / "part"
+    (cat / "train" / "good").mkdir(parents=True)
+    (cat / "test" / "good").mkdir(parents=True)
+    cv2.imwrite(str(cat / "train" / "good" / "000.png"), np.full((64, 64, 3), 128, np.uint8))
+    proc = run_cli("eval", "--model", str(trained_model), "--data", str(tmp_path / "ds"), "--category", "part",
+                   "--report", str(tmp_path / "r.json"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_missing_model_dir(tmp_path):
+    proc = run_cli("infer", "--model", str(tmp_path / "nomodel"), "--out", str(tmp_path / "o"), str(tmp_path))
+    assert_clean_error(proc, "nomodel")
+
+
+def test_eval_report_has_the_contract_keys(trained_model, demo_data, tmp_path):
+    report = tmp_path / "report.json"
+    proc = run_cli("eval", "--model", str(trained_model), "--data", str(demo_data), "--category", DEMO_CATEGORY,
+                   "--report", str(report))
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(report.read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold", "n_test", "latency_ms", "provider"):
+        assert key in r, key
+    assert r["n_test"] == len(r["per_image"]) > 0
+    assert r["provider"] == "CPUExecutionProvider"
+    assert 0.0 < r["latency_ms"] < 5000
+    assert "image AUROC" in proc.stdout
+
+
+def test_infer_writes_heatmaps_and_the_same_scores_as_eval(trained_model, demo_data, tmp_path):
+    test_dir = demo_data / DEMO_CATEGORY / "test"
+    out = tmp_path / "infer"
+    # run main() in a fresh interpreter and prove the inference path never imported torch
+    code = (
+        "import sys; from app.cli import main; rc = main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules, 'inference imported torch'; sys.exit(rc)"
+    )
+    proc = run_cli("infer", "--model", str(trained_model), "--out", str(out), str(test_dir), code=code)
+    assert proc.returncode == 0, proc.stderr
+    scores = json.loads((out / "scores.json").read_text())
+    n_images = len(list(test_dir.rglob("*.png")))
+    assert len(scores["results"]) == n_images
+    for row in scores["results"]:
+        heat = cv2.imread(str(out / row["heatmap"]))
+        src = cv2.imread(row["path"])
+        assert heat is not None and heat.shape == src.shape
+    # one inference path: eval and infer give the same score for the same file
+    report = tmp_path / "r.json"
+    assert run_cli("eval", "--model", str(trained_model), "--data", str(demo_data), "--category", DEMO_CATEGORY,
+                   "--report", str(report)).returncode == 0
+    by_path = {r["path"]: r["score"] for r in json.loads(report.read_text())["per_image"]}
+    for row in scores["results"]:
+        assert row["score"] == pytest.approx(by_path[row["path"]], abs=1e-5)
+
+
+def test_infer_skips_a_corrupt_file_and_scores_the_rest(trained_model, demo_data, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    good = next((demo_data / DEMO_CATEGORY / "test" / "good").glob("*.png"))
+    (folder / "ok.png").write_bytes(good.read_bytes())
+    (folder / "broken.png").write_bytes(good.read_bytes()[:200])
+    proc = run_cli("infer", "--model", str(trained_model), "--out", str(tmp_path / "o"), str(folder))
+    assert proc.returncode == 0, proc.stderr
+    scores = json.loads((tmp_path / "o" / "scores.json").read_text())
+    assert [Path(r["path"]).name for r in scores["results"]] == ["ok.png"]
+    assert scores["errors"][0]["path"].endswith("broken.png")
+    assert "broken.png" in proc.stderr
+
+
+def test_job_parameters_are_validated_with_field_names(tmp_path):
+    from engine.errors import DefectScopeError
+    from engine.jobs import run_job
+
+    with pytest.raises(DefectScopeError, match="image_size"):
+        run_job("train_anomaly", {"data": str(tmp_path), "out": str(tmp_path), "image_size": "big"})
+    with pytest.raises(DefectScopeError, match="unknown job kind"):
+        run_job("nope", {})
+
+
+def test_datasets_inspect_lists_counts_and_issues(demo_data):
+    proc = run_cli("datasets", "inspect", str(demo_data))
+    assert proc.returncode == 0, proc.stderr
+    assert "format mvtec" in proc.stdout and DEMO_CATEGORY in proc.stdout

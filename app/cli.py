@@ -26,7 +26,7 @@ def _progress_printer(label: str) -> Callable[[float, str], None]:
     def report(fraction: float, message: str) -> None:
         pct = int(fraction * 100)
         now = time.monotonic()
-        if pct >= last["pct"] + 10 or pct == 100 and last["pct"] != 100 or now - last["t"] > 15:
+        if pct >= last["pct"] + 10 or (pct == 100 and last["pct"] != 100) or now - last["t"] > 15:
             last.update(pct=pct, t=now)
             print(f"[{label}] {pct:3d}% {message}", file=sys.stderr, flush=True)
 

@@ -85,13 +85,13 @@ def main() -> int:
         spec = SETS[name]
         data = str(SHARED / spec["root"])
         run_dir = out / name
-        wall, peak, proc = run_measured(cli + ["train", "anomaly", "--data", data, "--category", spec["category"],
+        wall, peak, proc = run_measured([*cli, "train", "anomaly", "--data", data, "--category", spec["category"],
                                                "--out", str(run_dir), "--image-size", str(args.image_size)])
         if proc.returncode != 0:
             print(proc.stderr, file=sys.stderr)
             return 1
         report = run_dir / "eval_report.json"
-        _, _, ev = run_measured(cli + ["eval", "--model", str(run_dir), "--data", data, "--category",
+        _, _, ev = run_measured([*cli, "eval", "--model", str(run_dir), "--data", data, "--category",
                                        spec["category"], "--report", str(report)])
         if ev.returncode != 0:
             print(ev.stderr, file=sys.stderr)

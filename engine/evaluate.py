@@ -11,6 +11,8 @@ import numpy as np
 from engine.datasets import DEFECTIVE, GOOD, load_dataset
 from engine.datasets.imageio import read_image, read_mask
 from engine.errors import DatasetError, DefectScopeError
+from engine.jobs.kinds import EvalParams
+from engine.jobs.registry import Progress
 from engine.metrics import evaluate_anomaly
 from engine.runtime import AnomalyModel
 
@@ -21,7 +23,7 @@ def evaluate(
     category: str | None = None,
     report_path: str | Path | None = None,
     device: str = "auto",
-    progress=None,
+    progress: Progress | None = None,
 ) -> dict:
     """Metrics of the model on the labelled test images; writes the JSON report when `report_path` is given."""
     report = progress or (lambda _f, _m: None)
@@ -121,6 +123,6 @@ def _per_defect(per_image: list[dict]) -> dict:
     return out
 
 
-def eval_job(params, progress) -> dict:  # noqa: ANN001  (registry entry: EvalParams, Progress)
+def eval_job(params: EvalParams, progress: Progress) -> dict:
     result = evaluate(params.model, params.data, params.category, params.report, params.device, progress)
     return {k: v for k, v in result.items() if k != "per_image"}

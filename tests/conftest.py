@@ -33,7 +33,7 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("demo") / "demo"
     return generate_demo_dataset(
-        root, categories=[DEMO_CATEGORY], n_train=16, n_test_good=6, n_test_defect_per_type=4, seed=1
+        root, categories=[DEMO_CATEGORY], n_train=30, n_test_good=8, n_test_defect_per_type=4, seed=1
     )
 
 

@@ -24,7 +24,7 @@ def nvidia_driver_present() -> bool:
     if sys.platform.startswith("linux"):
         return os.path.exists("/proc/driver/nvidia/version")
     if sys.platform == "win32":
-        return os.path.exists(os.path.join(os.environ.get("SystemRoot", r"C:\Windows"), "System32", "nvcuda.dll"))
+        return os.path.exists(os.path.join(os.environ.get("SYSTEMROOT", r"C:\Windows"), "System32", "nvcuda.dll"))
     return False
 
 

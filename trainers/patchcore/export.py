@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -15,10 +16,11 @@ import torch
 
 from engine.datasets.imageio import read_image
 from trainers.common.onnx_graph import CORE_INPUT, CORE_OUTPUTS, compose_anomaly_model, preprocess_model
-from trainers.patchcore.model import PatchCoreModel
+from trainers.patchcore.model import PatchCoreModel, PatchFeatures
 
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "model.json"
+STATE_FILE = "torch_state.pt"  # bank and calibration, to rebuild the torch model (re-export, fine-tuning)
 PARITY_TOLERANCE = 1e-4
 
 
@@ -80,9 +82,25 @@ def export_model(
         raise RuntimeError(f"exported ONNX disagrees with the torch model: max score difference {diff:.2e}")
     meta = dict(metadata)
     meta["export"] = {"opset": 18, "parity_max_abs_score_diff": diff, "parity_images": [str(p) for p in parity_images]}
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("features.")}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    _atomic_write(out_dir / STATE_FILE, buffer.getvalue())
     _atomic_write(out_dir / MODEL_FILE, data)
     _atomic_write(out_dir / METADATA_FILE, json.dumps(meta, indent=2).encode())
     return out_dir
+
+
+def load_torch_model(run_dir: str | Path) -> PatchCoreModel:
+    """Rebuild the torch model of a run directory (backbone from the pip weights, the rest from STATE_FILE)."""
+    run = Path(run_dir)
+    meta = json.loads((run / METADATA_FILE).read_text())
+    state = torch.load(run / STATE_FILE, map_location="cpu", weights_only=True)
+    features = PatchFeatures(meta["backbone"], tuple(meta["stages"]))
+    grid = state["pos_mean"].shape[-1]
+    model = PatchCoreModel(features, state["bank"], position_grid=grid)
+    model.load_state_dict({**model.state_dict(), **state})
+    return model.eval()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -35,7 +35,9 @@ class TrainConfig:
     coreset_ratio: float = 0.1
     max_coreset_candidates: int = 400_000
     holdout_fraction: float = 0.1  # good images kept out of the bank to calibrate the threshold
-    max_holdout: int = 40
+    max_holdout: int = 80
+    position_grid: int = 32
+    position_prior: float = 10.0  # pseudo-count pulling per-position statistics toward the global ones
     blur_sigma: float = 4.0
     threshold_sigmas: float = 3.0
     device: str = "auto"
@@ -61,7 +63,7 @@ def resolve_device(device: str) -> torch.device:
 def split_holdout(samples: list[Sample], fraction: float, max_holdout: int) -> tuple[list[Sample], list[Sample]]:
     """Every k-th image is held out (deterministic, spread over the whole set); at least one when possible."""
     n = len(samples)
-    n_hold = min(max_holdout, int(round(n * fraction)))
+    n_hold = min(max_holdout, round(n * fraction))
     if n >= 2:
         n_hold = max(1, n_hold)
     if n_hold == 0:
@@ -137,14 +139,21 @@ def train_anomaly(
     del patches
     t_coreset = time.perf_counter() - t_start - t_features
 
-    # 3. calibration on held-out good images (never seen by the bank)
-    model = PatchCoreModel(features, bank.to(device), blur_sigma=cfg.blur_sigma).to(device).eval()
-    hold_scores: list[float] = []
+    # 3. calibration on held-out good images (never seen by the bank): per-position statistics, then threshold
+    model = PatchCoreModel(features, bank.to(device), blur_sigma=cfg.blur_sigma, position_grid=cfg.position_grid)
+    model = model.to(device).eval()
+    grid = cfg.position_grid
+    hold_maps: list[torch.Tensor] = []
     with torch.inference_mode():
         for sample in holdout_samples:
             x = load(sample)
             if x is not None:
-                hold_scores.append(float(model.raw_map(x).amax()))
+                hold_maps.append(model.distance_map(x).cpu())
+        if hold_maps:
+            pooled = torch.cat([torch.nn.functional.adaptive_avg_pool2d(m, grid) for m in hold_maps])
+            mean, std = position_statistics(pooled, cfg.position_prior)
+            model.set_position_statistics(mean.to(device), std.to(device))
+        hold_scores = [float(model.standardise(m.to(device)).amax()) for m in hold_maps]
     center, threshold = calibrate(hold_scores, cfg.threshold_sigmas)
     model.set_normalisation(center, threshold)
     report(0.92, "exporting ONNX")
@@ -169,7 +178,7 @@ def train_anomaly(
             "n_holdout_images": len(hold_scores),
             "holdout_raw_scores": [round(s, 6) for s in hold_scores],
             "n_patches": n_patches,
-            "bank_size": int(len(bank)),
+            "bank_size": len(bank),
             "feature_dim": int(bank.shape[1]),
             "skipped_files": skipped,
             "device": str(device),
@@ -188,6 +197,24 @@ def train_anomaly(
     (out / "model.json").write_text(json.dumps(metadata, indent=2))
     report(1.0, "done")
     return TrainResult(out, metadata)
+
+
+def position_statistics(maps: torch.Tensor, prior: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-cell mean and std of held-out good maps (N x 1 x G x G), shrunk toward the global mean and std.
+
+    With few held-out images (n small against `prior`) the result tends to a global affine map, i.e. nearly
+    the identity on rankings; with many it captures where good parts are systematically unusual.
+    """
+    n = maps.shape[0]
+    cell_mean = maps.mean(0)
+    cell_var = maps.var(0, unbiased=False) if n > 1 else torch.zeros_like(cell_mean)
+    global_mean = maps.mean()
+    global_var = maps.var(unbiased=False) if maps.numel() > 1 else torch.tensor(1.0)
+    w = n / (n + prior)
+    mean = w * cell_mean + (1 - w) * global_mean
+    var = w * cell_var + (1 - w) * global_var
+    std = torch.sqrt(torch.clamp(var, min=1e-6)).clamp(min=0.1 * float(torch.sqrt(global_var) + 1e-6))
+    return mean, std
 
 
 def calibrate(hold_scores: list[float], sigmas: float) -> tuple[float, float]:

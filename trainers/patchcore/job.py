@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from engine.jobs.kinds import TrainAnomalyParams
+from engine.jobs.registry import Progress
 from trainers.patchcore.fit import TrainConfig, train_anomaly
 
 
-def train_job(params, progress) -> dict:  # noqa: ANN001  (registry entry: TrainAnomalyParams, Progress)
+def train_job(params: TrainAnomalyParams, progress: Progress) -> dict:
     cfg = TrainConfig(
         image_size=params.image_size, device=params.device, backbone=params.backbone, bank_size=params.bank_size
     )

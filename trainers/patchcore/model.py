@@ -43,10 +43,13 @@ class PatchFeatures(nn.Module):
 
 
 class PatchCoreModel(nn.Module):
-    """Nearest-neighbour distance of each patch to the memory bank, blurred, with score normalisation.
+    """Nearest-neighbour distance of each patch to the memory bank, blurred, with two normalisations.
 
-    Normalisation is affine: 0 is the median score of held-out good images, 0.5 the decision threshold.
-    The same affine map applies to the anomaly map, so a map value above 0.5 means "above the image threshold".
+    1. Per position: the distance map is standardised by the mean and spread that held-out good images show at
+       each position (a coarse grid over normalised image coordinates). Parts whose edges or fixtures are
+       always a little unusual no longer raise every good image's score there; defaults are the identity.
+    2. Affine: 0 is the median score of held-out good images, 0.5 the decision threshold. The same map applies
+       to the anomaly map, so a map value above 0.5 means "above the image threshold".
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class PatchCoreModel(nn.Module):
         blur_sigma: float = 4.0,
         norm_center: float = 0.0,
         norm_threshold: float = 1.0,
+        position_grid: int = 32,
     ) -> None:
         super().__init__()
         self.features = features
@@ -65,11 +69,17 @@ class PatchCoreModel(nn.Module):
         self.register_buffer("blur_x", kernel.view(1, 1, 1, -1))
         self.register_buffer("blur_y", kernel.view(1, 1, -1, 1))
         self.register_buffer("norm", torch.tensor([norm_center, norm_threshold], dtype=torch.float32))
+        self.register_buffer("pos_mean", torch.zeros(1, 1, position_grid, position_grid))
+        self.register_buffer("pos_std", torch.ones(1, 1, position_grid, position_grid))
 
     def set_normalisation(self, center: float, threshold: float) -> None:
         if not threshold > center:
             threshold = center + 1e-6
         self.norm.copy_(torch.tensor([center, threshold]))
+
+    def set_position_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.pos_mean.copy_(mean.reshape(self.pos_mean.shape))
+        self.pos_std.copy_(std.reshape(self.pos_std.shape))
 
     def patch_distances(self, x: torch.Tensor) -> torch.Tensor:
         """Raw nearest-bank distance per patch: 1 x 1 x h' x w'."""
@@ -80,13 +90,23 @@ class PatchCoreModel(nn.Module):
         dist = torch.sqrt(torch.clamp(d2.min(dim=1).values, min=0.0))
         return dist.reshape(1, 1, h, w)
 
-    def raw_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Blurred distance map at the input's resolution, before normalisation."""
+    def distance_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Blurred nearest-neighbour distance map at the input's resolution, before any normalisation."""
         m = F.interpolate(self.patch_distances(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
         rx = self.blur_x.shape[-1] // 2
         ry = self.blur_y.shape[-2] // 2
         m = F.conv2d(F.pad(m, (rx, rx, 0, 0), mode="replicate"), self.blur_x)
         return F.conv2d(F.pad(m, (0, 0, ry, ry), mode="replicate"), self.blur_y)
+
+    def standardise(self, dist: torch.Tensor) -> torch.Tensor:
+        size = dist.shape[-2:]
+        mean = F.interpolate(self.pos_mean, size=size, mode="bilinear", align_corners=False)
+        std = F.interpolate(self.pos_std, size=size, mode="bilinear", align_corners=False)
+        return (dist - mean) / std
+
+    def raw_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Position-standardised map; its max is the raw image score that calibration works on."""
+        return self.standardise(self.distance_map(x))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.raw_map(x)

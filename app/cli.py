@@ -44,6 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "device": args.device,
         "backbone": args.backbone,
         "bank_size": args.bank_size,
+        "resize": args.resize,
     }
     _check_dataset_path(args.data)
     result = run_job("train_anomaly", params, _progress_printer("train"))
@@ -162,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ta.add_argument("--backbone", default="efficientnet-lite0",
                     choices=["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
-    ta.add_argument("--bank-size", type=int, default=16384, help="hard cap on memory-bank rows")
+    ta.add_argument("--bank-size", type=int, default=10000, help="hard cap on memory-bank rows")
+    ta.add_argument("--resize", choices=["stretch", "area"], default="stretch",
+                    help="stretch to a square, or keep the aspect ratio at the same pixel count")
     ta.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a model on a dataset's test split")

@@ -128,3 +128,26 @@ def test_runtime_reports_the_provider_it_really_uses(trained_model):
     assert model.provider == model.session.get_providers()[0]
     if not nvidia_driver_present():
         assert model.provider == "CPUExecutionProvider"  # asked for CUDA, honestly reports CPU
+
+
+@pytest.mark.slow
+def test_real_hazelnut_train_eval_infer_through_the_cli(shared_data, tmp_path):
+    """Real photos: train through the CLI, evaluate, and check the figures are those of a working detector."""
+    import subprocess
+    import sys
+
+    root = shared_data / "hazelnut_toy"
+    run = tmp_path / "hz"
+    cli = [sys.executable, "-m", "app.cli"]
+    train = subprocess.run([*cli, "train", "anomaly", "--data", str(root), "--category", "hazelnut", "--out", str(run)],
+                           capture_output=True, text=True)
+    assert train.returncode == 0, train.stderr
+    report = tmp_path / "r.json"
+    ev = subprocess.run([*cli, "eval", "--model", str(run), "--data", str(root), "--category", "hazelnut",
+                         "--report", str(report)], capture_output=True, text=True)
+    assert ev.returncode == 0, ev.stderr
+    r = json.loads(report.read_text())
+    assert r["n_test"] == 23 and r["n_defective"] == 17
+    assert r["image_auroc"] >= 0.95, r["image_auroc"]
+    assert r["pixel_auroc"] >= 0.9, r["pixel_auroc"]
+    assert r["aupro"] >= 0.7, r["aupro"]

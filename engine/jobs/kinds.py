@@ -18,7 +18,8 @@ class TrainAnomalyParams(BaseModel, extra="forbid"):
     image_size: int = Field(default=256, ge=64, le=2048)
     device: Device = "auto"
     backbone: Literal["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"] = "efficientnet-lite0"
-    bank_size: int = Field(default=16384, ge=16, le=1_000_000)
+    bank_size: int = Field(default=10000, ge=16, le=1_000_000)
+    resize: Literal["stretch", "area"] = "stretch"
 
 
 class EvalParams(BaseModel, extra="forbid"):

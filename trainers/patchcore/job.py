@@ -9,7 +9,8 @@ from trainers.patchcore.fit import TrainConfig, train_anomaly
 
 def train_job(params: TrainAnomalyParams, progress: Progress) -> dict:
     cfg = TrainConfig(
-        image_size=params.image_size, device=params.device, backbone=params.backbone, bank_size=params.bank_size
+        image_size=params.image_size, device=params.device, backbone=params.backbone, bank_size=params.bank_size,
+        resize=params.resize,
     )
     result = train_anomaly(params.data, params.category, params.out, cfg, progress)
     return {"run_dir": str(result.run_dir), "metadata": result.metadata}

@@ -102,9 +102,10 @@ def main() -> int:
                "n_train": meta["training"]["n_train_images"], "bank": meta["training"]["bank_size"],
                **{k: r[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "n_test", "latency_ms",
                                     "provider")},
-               "targets": spec["targets"], "per_defect_type": r["per_defect_type"]}
+               "targets": spec["targets"], "per_defect_type": r["per_defect_type"],
+               "config": meta["training"]["config"]}
         rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "per_defect_type"}), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k not in ("per_defect_type", "config")}), flush=True)
     (out / "anomaly_results.json").write_text(json.dumps(rows, indent=2))
     write_results(Path(args.results), rows, args.image_size)
     return 0
@@ -115,13 +116,16 @@ def _fmt(v: float | None) -> str:
 
 
 def write_results(path: Path, rows: list[dict], image_size: int) -> None:
+    cfg = rows[0]["config"]
     lines = [
         f"### Memory-bank anomaly model on ../shared/data ({time.strftime('%Y-%m-%d')})",
         "",
         f"Machine: {machine_info()}.",
-        f"Command: `python benchmarks/anomaly_benchmark.py` (image size {image_size}, defaults otherwise: "
-        "EfficientNet-Lite0 stages 3+5, bank cap 16384, resize policy `area`). Latency is the median per image "
-        "through ONNX Runtime, pre/post-processing included, image decoding excluded.",
+        f"Command: `python benchmarks/anomaly_benchmark.py` (CLI defaults: image size {image_size}, {cfg['backbone']} "
+        f"stages {cfg['stages']}, bank cap {cfg['bank_size']} / coreset ratio {cfg['coreset_ratio']}, resize "
+        f"`{cfg['resize']}`, blur sigma {cfg['blur_sigma']}, hold-out {cfg['holdout_fraction']:.0%} up to "
+        f"{cfg['max_holdout']}). Latency is the median per image through ONNX Runtime, pre/post-processing "
+        "included, image decoding excluded.",
         "",
         "| set | train images | bank | image AUROC | pixel AUROC | AU-PRO | F1-max | test images | latency ms "
         "| train s | peak GB | targets |",

@@ -85,9 +85,9 @@ def export_model(
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("features.")}
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    _atomic_write(out_dir / STATE_FILE, buffer.getvalue())
-    _atomic_write(out_dir / MODEL_FILE, data)
-    _atomic_write(out_dir / METADATA_FILE, json.dumps(meta, indent=2).encode())
+    atomic_write(out_dir / STATE_FILE, buffer.getvalue())
+    atomic_write(out_dir / MODEL_FILE, data)
+    atomic_write(out_dir / METADATA_FILE, json.dumps(meta, indent=2).encode())
     return out_dir
 
 
@@ -103,7 +103,8 @@ def load_torch_model(run_dir: str | Path) -> PatchCoreModel:
     return model.eval()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so readers never see a half-written file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -19,7 +19,7 @@ from engine.datasets.imageio import read_image
 from engine.errors import DatasetError, DefectScopeError
 from trainers.common.onnx_graph import preprocess_model
 from trainers.patchcore.coreset import greedy_coreset
-from trainers.patchcore.export import export_model
+from trainers.patchcore.export import METADATA_FILE, atomic_write, export_model
 from trainers.patchcore.model import PatchCoreModel, PatchFeatures
 
 Progress = Callable[[float, str], None]
@@ -38,6 +38,7 @@ class TrainConfig:
     max_coreset_candidates: int = 400_000
     holdout_fraction: float = 0.1  # good images kept out of the bank to calibrate the threshold
     max_holdout: int = 80
+    max_position_images: int = 80  # training images scored leave-one-image-out for the position statistics
     position_grid: int = 32
     position_prior: float = 10.0  # pseudo-count pulling per-position statistics toward the global ones
     blur_sigma: float = 4.0
@@ -111,18 +112,21 @@ def train_anomaly(
             return None
         return torch.from_numpy(pre.run(None, {"image": img})[0]).to(device)
 
-    # 1. patch features of every training image
+    # 1. patch features of every training image (grid shapes kept for leave-one-image-out scoring)
     chunks: list[torch.Tensor] = []
+    grids: list[tuple[int, int]] = []
     with torch.inference_mode():
         for i, sample in enumerate(train_samples):
             x = load(sample)
             if x is not None:
                 f = features(x)
                 chunks.append(f[0].reshape(f.shape[1], -1).transpose(0, 1).to("cpu", torch.float32))
+                grids.append((f.shape[2], f.shape[3]))
             report(0.6 * (i + 1) / len(train_samples), f"features {i + 1}/{len(train_samples)}")
     if not chunks:
         raise DatasetError(f"{data_root}: none of the {len(train_samples)} good training images could be read")
     n_train_read = len(chunks)
+    owner = torch.cat([torch.full((len(c),), i, dtype=torch.int32) for i, c in enumerate(chunks)])
     patches = torch.cat(chunks)
     del chunks
     t_features = time.perf_counter() - t_start
@@ -137,9 +141,10 @@ def train_anomaly(
         progress=lambda f: report(0.6 + 0.3 * f, f"coreset {int(f * n_bank)}/{n_bank}"),
     )
     bank = patches[idx].clone()
+    bank_owner = owner[idx]
     n_patches = len(patches)
-    del patches
     t_coreset = time.perf_counter() - t_start - t_features
+    report(0.9, "calibrating on held-out good images")
 
     # 3. calibration on held-out good images (never seen by the bank): per-position statistics, then threshold
     model = PatchCoreModel(features, bank.to(device), blur_sigma=cfg.blur_sigma, position_grid=cfg.position_grid)
@@ -151,11 +156,15 @@ def train_anomaly(
             x = load(sample)
             if x is not None:
                 hold_maps.append(model.distance_map(x).cpu())
-        if hold_maps:
-            pooled = torch.cat([torch.nn.functional.adaptive_avg_pool2d(m, grid) for m in hold_maps])
+        loo_maps = leave_one_out_maps(model, patches, owner, bank_owner, grids, cfg.max_position_images, device)
+        stats_maps = hold_maps + loo_maps
+        if stats_maps:
+            pooled = torch.cat([torch.nn.functional.adaptive_avg_pool2d(m, grid) for m in stats_maps])
             mean, std = position_statistics(pooled, cfg.position_prior)
             model.set_position_statistics(mean.to(device), std.to(device))
+        # The threshold comes from truly held-out images only.
         hold_scores = [float(model.standardise(m.to(device)).amax()) for m in hold_maps]
+    del patches
     center, threshold = calibrate(hold_scores, cfg.threshold_sigmas)
     model.set_normalisation(center, threshold)
     report(0.92, "exporting ONNX")
@@ -178,6 +187,7 @@ def train_anomaly(
         "training": {
             "n_train_images": n_train_read,
             "n_holdout_images": len(hold_scores),
+            "n_position_statistics_images": len(stats_maps),
             "holdout_raw_scores": [round(s, 6) for s in hold_scores],
             "n_patches": n_patches,
             "bank_size": len(bank),
@@ -194,11 +204,41 @@ def train_anomaly(
         "host": platform.node(),
     }
     export_model(model, out, metadata, cfg.image_size, parity_images, cfg.resize)
-    metadata = json.loads((out / "model.json").read_text())
+    metadata = json.loads((out / METADATA_FILE).read_text())
     metadata["training"]["seconds_total"] = round(time.perf_counter() - t_start, 2)
-    (out / "model.json").write_text(json.dumps(metadata, indent=2))
+    atomic_write(out / METADATA_FILE, json.dumps(metadata, indent=2).encode())
     report(1.0, "done")
     return TrainResult(out, metadata)
+
+
+def leave_one_out_maps(
+    model: PatchCoreModel,
+    patches: torch.Tensor,
+    owner: torch.Tensor,
+    bank_owner: torch.Tensor,
+    grids: list[tuple[int, int]],
+    max_images: int,
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """Distance maps of training images scored against the bank minus their own patches.
+
+    A training image's patches are in the bank, so its plain map is near zero; without its own rows the bank
+    sees it like a new good part. This gives position statistics from many images even when only a handful
+    can be held out, at the cost of one nearest-neighbour search per image.
+    """
+    n = len(grids)
+    if n < 2 or max_images <= 0:
+        return []
+    starts = torch.zeros(n + 1, dtype=torch.long)
+    starts[1:] = torch.cumsum(torch.tensor([h * w for h, w in grids]), 0)
+    chosen = sorted({int(i * n / min(n, max_images)) for i in range(min(n, max_images))})
+    maps = []
+    for i in chosen:
+        h, w = grids[i]
+        f = patches[starts[i] : starts[i + 1]].to(device).transpose(0, 1).reshape(1, -1, h, w)
+        dist = model.patch_distances(f, exclude=(bank_owner == i).to(device))
+        maps.append(model.smooth(dist, (h * model.features.stride, w * model.features.stride)).cpu())
+    return maps
 
 
 def position_statistics(maps: torch.Tensor, prior: float) -> tuple[torch.Tensor, torch.Tensor]:

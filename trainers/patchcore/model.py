@@ -81,18 +81,26 @@ class PatchCoreModel(nn.Module):
         self.pos_mean.copy_(mean.reshape(self.pos_mean.shape))
         self.pos_std.copy_(std.reshape(self.pos_std.shape))
 
-    def patch_distances(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw nearest-bank distance per patch: 1 x 1 x h' x w'."""
-        f = self.features(x)
+    def patch_distances(self, f: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Nearest-bank distance per patch of a feature map f (1 x D x h' x w') -> 1 x 1 x h' x w'.
+
+        exclude: optional bool mask over bank rows to ignore (leave-one-image-out scoring of training images).
+        """
         _, d, h, w = f.shape
         p = f.reshape(d, h * w).transpose(0, 1)
         d2 = (p * p).sum(1, keepdim=True) - 2.0 * (p @ self.bank.transpose(0, 1)) + self.bank_sqnorm[None, :]
+        if exclude is not None:
+            d2 = d2.masked_fill(exclude[None, :], float("inf"))
         dist = torch.sqrt(torch.clamp(d2.min(dim=1).values, min=0.0))
         return dist.reshape(1, 1, h, w)
 
     def distance_map(self, x: torch.Tensor) -> torch.Tensor:
         """Blurred nearest-neighbour distance map at the input's resolution, before any normalisation."""
-        m = F.interpolate(self.patch_distances(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.smooth(self.patch_distances(self.features(x)), x.shape[-2:])
+
+    def smooth(self, dist: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """Patch distances -> map at the model input's size, Gaussian-blurred."""
+        m = F.interpolate(dist, size=size, mode="bilinear", align_corners=False)
         rx = self.blur_x.shape[-1] // 2
         ry = self.blur_y.shape[-2] // 2
         m = F.conv2d(F.pad(m, (rx, rx, 0, 0), mode="replicate"), self.blur_x)

@@ -13,15 +13,20 @@ from engine.runtime import AnomalyModel
 from engine.runtime.visualize import overlay_heatmap
 
 
-def collect_images(inputs: list[str | Path]) -> list[Path]:
-    """Files as given, folders expanded recursively (sorted); a missing path is an error naming it."""
-    files: list[Path] = []
+def collect_images(inputs: list[str | Path]) -> list[tuple[Path, str]]:
+    """(file, output name) pairs: files as given, folders expanded recursively (sorted).
+
+    The output name is the path relative to the folder given, so `test/dent/000.png` and `test/good/000.png`
+    give `dent_000` and `good_000`, not two look-alike names. A missing path is an error naming it.
+    """
+    files: list[tuple[Path, str]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if is_image_file(f)))
+            for f in sorted(f for f in p.rglob("*") if is_image_file(f)):
+                files.append((f, "_".join(f.relative_to(p).with_suffix("").parts)))
         elif p.is_file():
-            files.append(p)
+            files.append((p, p.stem))
         else:
             raise DefectScopeError(f"{p}: no such image or folder")
     if not files:
@@ -34,14 +39,14 @@ def infer(model_dir: str | Path, inputs: list[str | Path], out_dir: str | Path, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, errors, used = [], [], set()
-    for path in collect_images(inputs):
+    for path, stem in collect_images(inputs):
         try:
             image = read_image(path)
         except DefectScopeError as exc:
             errors.append({"path": str(path), "error": exc.reason if hasattr(exc, "reason") else str(exc)})
             continue
         pred = model.predict(image)
-        name = _unique(path.stem, used)
+        name = _unique(stem, used)
         heat_path = out / f"{name}_heatmap.png"
         overlay = overlay_heatmap(image, pred.anomaly_map, model.threshold)
         cv2.imwrite(str(heat_path), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))

@@ -96,6 +96,10 @@ def test_infer_writes_heatmaps_and_the_same_scores_as_eval(trained_model, demo_d
     scores = json.loads((out / "scores.json").read_text())
     n_images = len(list(test_dir.rglob("*.png")))
     assert len(scores["results"]) == n_images
+    names = [r["heatmap"] for r in scores["results"]]
+    assert len(set(names)) == n_images  # test/<defect>/000.png files all get distinct names
+    for row in scores["results"]:
+        assert row["heatmap"].startswith(Path(row["path"]).parent.name + "_")
     for row in scores["results"]:
         heat = cv2.imread(str(out / row["heatmap"]))
         src = cv2.imread(row["path"])

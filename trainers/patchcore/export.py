@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -29,6 +30,8 @@ def export_core(model: PatchCoreModel, image_size: int) -> onnx.ModelProto:
     h = torch.export.Dim("h", min=32, max=8 * image_size)
     w = torch.export.Dim("w", min=32, max=8 * image_size)
     example = torch.rand(1, 3, image_size, image_size) * 255
+    # The exporter warns about torchvision ops it cannot register; none are used here, and users need not see it.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(

@@ -10,6 +10,7 @@ import numpy as np
 
 from engine.datasets import DEFECTIVE, GOOD, load_dataset
 from engine.datasets.imageio import read_image, read_mask
+from engine.datasets.splits import resolve_splits
 from engine.errors import DatasetError, DefectScopeError
 from engine.jobs.kinds import EvalParams
 from engine.jobs.registry import Progress
@@ -29,11 +30,13 @@ def evaluate(
     report = progress or (lambda _f, _m: None)
     model = AnomalyModel(model_dir, device=device)
     dataset = load_dataset(data_root, category=category)
-    tests = [s for s in dataset.samples if s.split == "test" and s.label in (GOOD, DEFECTIVE)]
+    # The same automatic split as training, for datasets without one (never tests on trained-on images).
+    tests = [s for s in resolve_splits(dataset.samples) if s.split == "test" and s.label in (GOOD, DEFECTIVE)]
     if category is not None:
         tests = [s for s in tests if s.category in (None, category)]
     if not tests:
-        raise DatasetError(f"{data_root}: no labelled test images for category '{category}' (test split is empty)")
+        what = f"category '{category}'" if category else "the dataset"
+        raise DatasetError(f"{data_root}: no labelled test images for {what} (test split is empty)")
 
     scores, labels, maps, masks, per_image, issues, latencies = [], [], [], [], [], [], []
     any_mask = any(s.mask_path is not None for s in tests if s.label == DEFECTIVE)

@@ -141,3 +141,42 @@ def test_datasets_inspect_lists_counts_and_issues(demo_data):
     proc = run_cli("datasets", "inspect", str(demo_data))
     assert proc.returncode == 0, proc.stderr
     assert "format mvtec" in proc.stdout and DEMO_CATEGORY in proc.stdout
+
+
+def test_plain_folder_of_good_and_defective_images_trains_and_evaluates(demo_data, tmp_path):
+    """An engineer's folder has no split: DefectScope makes one and eval never tests trained-on images."""
+    folder = tmp_path / "parts"
+    (folder / "good").mkdir(parents=True)
+    (folder / "dent").mkdir()
+    src = demo_data / DEMO_CATEGORY
+    for i, f in enumerate(sorted((src / "train" / "good").glob("*.png"))[:20]):
+        (folder / "good" / f"g{i:02d}.png").write_bytes(f.read_bytes())
+    for i, f in enumerate(sorted((src / "test" / "dent").glob("*.png"))):
+        (folder / "dent" / f"d{i:02d}.png").write_bytes(f.read_bytes())
+    run = tmp_path / "run"
+    proc = run_cli("train", "anomaly", "--data", str(folder), "--out", str(run), "--image-size", "128")
+    assert proc.returncode == 0, proc.stderr
+    report = tmp_path / "r.json"
+    proc = run_cli("eval", "--model", str(run), "--data", str(folder), "--report", str(report))
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(report.read_text())
+    meta = json.loads((run / "model.json").read_text())
+    tested_good = {Path(p["path"]).name for p in r["per_image"] if p["label"] == "good"}
+    assert r["n_defective"] == 4 and 0 < r["n_good"] < 20
+    trained = meta["training"]["n_train_images"] + meta["training"]["n_holdout_images"]
+    assert trained + r["n_good"] == 20 and tested_good
+
+
+def test_auto_split_is_stable_and_keeps_defects_for_testing(tmp_path):
+    from engine.datasets import DEFECTIVE, GOOD, Sample
+    from engine.datasets.splits import resolve_splits
+
+    goods = [Sample(tmp_path / f"g{i}.png", label=GOOD) for i in range(200)]
+    bads = [Sample(tmp_path / f"d{i}.png", label=DEFECTIVE) for i in range(5)]
+    first = {s.image_path.name: s.split for s in resolve_splits(goods + bads)}
+    again = {s.image_path.name: s.split for s in resolve_splits(goods[:100] + bads + goods[100:] + [
+        Sample(tmp_path / "new.png", label=GOOD)])}
+    assert all(again[k] == v for k, v in first.items())  # adding images never moves existing ones
+    assert all(first[f"d{i}.png"] == "test" for i in range(5))
+    n_test = sum(first[f"g{i}.png"] == "test" for i in range(200))
+    assert 20 <= n_test <= 60

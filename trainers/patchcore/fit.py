@@ -16,6 +16,7 @@ import torch
 import engine
 from engine.datasets import GOOD, Sample, load_dataset
 from engine.datasets.imageio import read_image
+from engine.datasets.splits import resolve_splits
 from engine.errors import DatasetError, DefectScopeError
 from trainers.common.onnx_graph import preprocess_model
 from trainers.patchcore.coreset import greedy_coreset
@@ -93,11 +94,13 @@ def train_anomaly(
     device = resolve_device(cfg.device)
 
     dataset = load_dataset(data_root, category=category)
-    goods = [s for s in dataset.samples if s.split == "train" and s.label == GOOD]
+    samples = resolve_splits(dataset.samples)
+    goods = [s for s in samples if s.split == "train" and s.label == GOOD]
     if category is not None:
         goods = [s for s in goods if s.category in (None, category)]
     if not goods:
-        raise DatasetError(f"{data_root}: category '{category}' has no good training images (train/good is empty)")
+        what = f"category '{category}'" if category else "the dataset"
+        raise DatasetError(f"{data_root}: {what} has no good training images (train/good or good/ is empty)")
     train_samples, holdout_samples = split_holdout(goods, cfg.holdout_fraction, cfg.max_holdout)
 
     pre = ort.InferenceSession(preprocess_model(cfg.image_size, cfg.resize).SerializeToString(), providers=["CPUExecutionProvider"])

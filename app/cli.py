@@ -45,6 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "backbone": args.backbone,
         "bank_size": args.bank_size,
         "resize": args.resize,
+        "scales": [_int_or_error(v, "--scales") for v in args.scales.split(",")],
     }
     _check_dataset_path(args.data)
     result = run_job("train_anomaly", params, _progress_printer("train"))
@@ -141,6 +142,15 @@ def _format_metrics(r: dict) -> str:
     )
 
 
+def _int_or_error(text: str, option: str) -> int:
+    from engine.errors import DefectScopeError
+
+    try:
+        return int(text)
+    except ValueError:
+        raise DefectScopeError(f"{option}: '{text}' is not a whole number") from None
+
+
 def _check_dataset_path(path: str) -> None:
     from engine.errors import DatasetError
 
@@ -163,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ta.add_argument("--backbone", default="efficientnet-lite0",
                     choices=["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
-    ta.add_argument("--bank-size", type=int, default=10000, help="hard cap on memory-bank rows")
+    ta.add_argument("--bank-size", type=int, default=10000, help="hard cap on memory-bank rows per scale")
+    ta.add_argument("--scales", default="1", help="scale branches as downsampling factors, e.g. 1,2")
     ta.add_argument("--resize", choices=["stretch", "area"], default="stretch",
                     help="stretch to a square, or keep the aspect ratio at the same pixel count")
     ta.set_defaults(func=cmd_train)

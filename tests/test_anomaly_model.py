@@ -27,7 +27,7 @@ def test_metadata_describes_the_model(trained_model):
     assert meta["category"] == DEMO_CATEGORY
     assert meta["backbone"] == "efficientnet-lite0"
     tr = meta["training"]
-    assert tr["bank_size"] <= 2048
+    assert all(n <= 2048 for n in tr["bank_sizes"])
     assert tr["n_holdout_images"] >= 1
     assert tr["n_train_images"] + tr["n_holdout_images"] == 30
     assert meta["export"]["parity_max_abs_score_diff"] < 1e-4
@@ -39,7 +39,9 @@ def test_onnx_and_torch_agree_on_any_image_shape(trained_model):
 
     meta = json.loads((trained_model / "model.json").read_text())
     model = load_torch_model(trained_model)
-    assert model.bank.shape == (meta["training"]["bank_size"], meta["training"]["feature_dim"])
+    assert [b.bank.shape[0] for b in model.branches] == meta["training"]["bank_sizes"]
+    assert sum(meta["training"]["bank_sizes"]) == meta["training"]["bank_size"]
+    assert [b.factor for b in model.branches] == meta["scales"]
     runtime = AnomalyModel(trained_model, device="cpu")
     pre = ort.InferenceSession(preprocess_model(meta["input_size"], meta["resize"]).SerializeToString(),
                                providers=["CPUExecutionProvider"])
@@ -49,7 +51,7 @@ def test_onnx_and_torch_agree_on_any_image_shape(trained_model):
         pred = runtime.predict(img)
         assert pred.anomaly_map.shape == (h, w)
         x = torch.from_numpy(pre.run(None, {"image": img})[0])
-        assert x.shape[-1] % 32 == 0 and x.shape[-2] % 32 == 0
+        assert x.shape[-1] % 64 == 0 and x.shape[-2] % 64 == 0
         with torch.inference_mode():
             t_score, t_map = model(x)
         assert abs(pred.score - float(t_score[0])) < 1e-4
@@ -151,3 +153,27 @@ def test_real_hazelnut_train_eval_infer_through_the_cli(shared_data, tmp_path):
     assert r["image_auroc"] >= 0.95, r["image_auroc"]
     assert r["pixel_auroc"] >= 0.9, r["pixel_auroc"]
     assert r["aupro"] >= 0.7, r["aupro"]
+
+
+def test_two_scale_model_exports_with_parity(demo_data, tmp_path):
+    from engine.jobs import run_job
+    from trainers.patchcore.export import load_torch_model
+
+    out = tmp_path / "two_scales"
+    result = run_job("train_anomaly", {"data": str(demo_data), "category": DEMO_CATEGORY, "out": str(out),
+                                       "image_size": 128, "bank_size": 512, "scales": [1, 2], "device": "cpu"})
+    meta = result["metadata"]
+    assert meta["scales"] == [1, 2] and len(meta["training"]["bank_sizes"]) == 2
+    assert meta["export"]["parity_max_abs_score_diff"] < 1e-4
+    model = load_torch_model(out)
+    runtime = AnomalyModel(out, device="cpu")
+    pre = ort.InferenceSession(preprocess_model(128, meta["resize"]).SerializeToString(),
+                               providers=["CPUExecutionProvider"])
+    img = np.random.default_rng(0).integers(0, 255, (150, 333, 3), dtype=np.uint8)
+    pred = runtime.predict(img)
+    with torch.inference_mode():
+        t_score, _ = model(torch.from_numpy(pre.run(None, {"image": img})[0]))
+    assert pred.anomaly_map.shape == (150, 333)
+    assert abs(pred.score - float(t_score[0])) < 1e-4
+    with pytest.raises(Exception, match="scales"):
+        run_job("train_anomaly", {"data": str(demo_data), "out": str(tmp_path / "x"), "scales": [3]})

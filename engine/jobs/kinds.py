@@ -19,6 +19,8 @@ class TrainAnomalyParams(BaseModel, extra="forbid"):
     device: Device = "auto"
     backbone: Literal["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"] = "efficientnet-lite0"
     bank_size: int = Field(default=10000, ge=16, le=1_000_000)
+    scales: list[Literal[1, 2, 4]] = Field(default=[1], min_length=1, max_length=3,
+                                           description="box-downsampling factor of each scale branch")
     resize: Literal["stretch", "area"] = "stretch"
 
 

@@ -21,15 +21,16 @@ IR_VERSION = 9  # readable by every ONNX Runtime from 1.16 on
 
 
 RESIZE_POLICIES = ("area", "stretch")
-SIDE_MULTIPLE = 32  # the backbone's coarsest stride: every stride-2 layer then sees an even size
+# Twice the backbone's coarsest stride: every stride-2 layer sees an even size at full and at half scale.
+SIDE_MULTIPLE = 64
 
 
 def _pre_nodes(image_size: int, out: str, policy: str = "area") -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Nodes from IMAGE_INPUT to `out` (1 x 3 x h x w float, 0..255).
 
     policy: "area" keeps the aspect ratio with h*w ~= image_size**2 (the patch count, hence latency, is fixed and
-    narrow parts are not squashed), each side rounded to a multiple of 32; "stretch" squashes to
-    image_size x image_size (image_size itself rounded to a multiple of 32).
+    narrow parts are not squashed), each side rounded to a multiple of 64; "stretch" squashes to
+    image_size x image_size (image_size itself rounded to a multiple of 64).
     """
     if policy not in RESIZE_POLICIES:
         raise ValueError(f"unknown resize policy '{policy}'; known: {', '.join(RESIZE_POLICIES)}")
@@ -45,7 +46,7 @@ def _pre_nodes(image_size: int, out: str, policy: str = "area") -> tuple[list[on
     resize_attrs: dict = {"mode": "linear", "antialias": 1, "axes": [2, 3]}
     sizes = "pre_sizes"
     if policy == "area":
-        # sizes = 32 * max(1, round([H, W] * image_size / sqrt(H * W) / 32))
+        # sizes = 64 * max(1, round([H, W] * image_size / sqrt(H * W) / 64))
         sizes = "pre_area_sizes"
         nodes += [
             helper.make_node("Shape", [IMAGE_INPUT], ["pre_hw_i"], start=0, end=2, name="pre_shape"),

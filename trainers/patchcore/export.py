@@ -99,9 +99,11 @@ def load_torch_model(run_dir: str | Path) -> PatchCoreModel:
     run = Path(run_dir)
     meta = json.loads((run / METADATA_FILE).read_text())
     state = torch.load(run / STATE_FILE, map_location="cpu", weights_only=True)
+    factors = tuple(meta["scales"])
+    banks = [state[f"branches.{i}.bank"] for i in range(len(factors))]
+    grid = state["branches.0.pos_mean"].shape[-1]
     features = PatchFeatures(meta["backbone"], tuple(meta["stages"]))
-    grid = state["pos_mean"].shape[-1]
-    model = PatchCoreModel(features, state["bank"], position_grid=grid)
+    model = PatchCoreModel(features, banks, factors, position_grid=grid)
     model.load_state_dict({**model.state_dict(), **state})
     return model.eval()
 

@@ -11,6 +11,7 @@ def train_job(params: TrainAnomalyParams, progress: Progress) -> dict:
     cfg = TrainConfig(
         image_size=params.image_size, device=params.device, backbone=params.backbone, bank_size=params.bank_size,
         resize=params.resize,
+        scales=tuple(dict.fromkeys(params.scales)),
     )
     result = train_anomaly(params.data, params.category, params.out, cfg, progress)
     return {"run_dir": str(result.run_dir), "metadata": result.metadata}

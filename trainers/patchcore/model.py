@@ -42,44 +42,30 @@ class PatchFeatures(nn.Module):
         return torch.cat(up, dim=1)
 
 
-class PatchCoreModel(nn.Module):
-    """Nearest-neighbour distance of each patch to the memory bank, blurred, with two normalisations.
+class ScaleBranch(nn.Module):
+    """One scale of the model: its memory bank, per-position statistics and score calibration.
 
-    1. Per position: the distance map is standardised by the mean and spread that held-out good images show at
-       each position (a coarse grid over normalised image coordinates). Parts whose edges or fixtures are
-       always a little unusual no longer raise every good image's score there; defaults are the identity.
-    2. Affine: 0 is the median score of held-out good images, 0.5 the decision threshold. The same map applies
-       to the anomaly map, so a map value above 0.5 means "above the image threshold".
+    The branch sees the input box-downsampled by `factor`. Its map is blurred at its own resolution, then:
+    1. standardised per position by the mean and spread held-out good images show there (a coarse grid over
+       normalised coordinates), so edges or fixtures that are always a little unusual stop raising every good
+       part's score; defaults are the identity;
+    2. put on a common scale: 0 = median held-out good score, 1 = this branch's own threshold.
     """
 
-    def __init__(
-        self,
-        features: PatchFeatures,
-        bank: torch.Tensor,
-        blur_sigma: float = 4.0,
-        norm_center: float = 0.0,
-        norm_threshold: float = 1.0,
-        position_grid: int = 32,
-    ) -> None:
+    def __init__(self, bank: torch.Tensor, factor: int, blur_sigma: float, position_grid: int) -> None:
         super().__init__()
-        self.features = features
+        self.factor = factor
         self.register_buffer("bank", bank.float().contiguous())
         self.register_buffer("bank_sqnorm", (bank.float() ** 2).sum(1))
         kernel = gaussian_kernel1d(blur_sigma)
         self.register_buffer("blur_x", kernel.view(1, 1, 1, -1))
         self.register_buffer("blur_y", kernel.view(1, 1, -1, 1))
-        self.register_buffer("norm", torch.tensor([norm_center, norm_threshold], dtype=torch.float32))
         self.register_buffer("pos_mean", torch.zeros(1, 1, position_grid, position_grid))
         self.register_buffer("pos_std", torch.ones(1, 1, position_grid, position_grid))
+        self.register_buffer("norm", torch.tensor([0.0, 1.0]))
 
-    def set_normalisation(self, center: float, threshold: float) -> None:
-        if not threshold > center:
-            threshold = center + 1e-6
-        self.norm.copy_(torch.tensor([center, threshold]))
-
-    def set_position_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.pos_mean.copy_(mean.reshape(self.pos_mean.shape))
-        self.pos_std.copy_(std.reshape(self.pos_std.shape))
+    def downsample(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.factor == 1 else F.avg_pool2d(x, self.factor)
 
     def patch_distances(self, f: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
         """Nearest-bank distance per patch of a feature map f (1 x D x h' x w') -> 1 x 1 x h' x w'.
@@ -94,12 +80,8 @@ class PatchCoreModel(nn.Module):
         dist = torch.sqrt(torch.clamp(d2.min(dim=1).values, min=0.0))
         return dist.reshape(1, 1, h, w)
 
-    def distance_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Blurred nearest-neighbour distance map at the input's resolution, before any normalisation."""
-        return self.smooth(self.patch_distances(self.features(x)), x.shape[-2:])
-
     def smooth(self, dist: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-        """Patch distances -> map at the model input's size, Gaussian-blurred."""
+        """Patch distances -> map at the branch input's size, Gaussian-blurred."""
         m = F.interpolate(dist, size=size, mode="bilinear", align_corners=False)
         rx = self.blur_x.shape[-1] // 2
         ry = self.blur_y.shape[-2] // 2
@@ -112,12 +94,66 @@ class PatchCoreModel(nn.Module):
         std = F.interpolate(self.pos_std, size=size, mode="bilinear", align_corners=False)
         return (dist - mean) / std
 
-    def raw_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Position-standardised map; its max is the raw image score that calibration works on."""
-        return self.standardise(self.distance_map(x))
+    def calibrated(self, standardised: torch.Tensor) -> torch.Tensor:
+        return (standardised - self.norm[0]) / (self.norm[1] - self.norm[0])
+
+    def set_position_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.pos_mean.copy_(mean.reshape(self.pos_mean.shape))
+        self.pos_std.copy_(std.reshape(self.pos_std.shape))
+
+    def set_calibration(self, center: float, threshold: float) -> None:
+        self.norm.copy_(torch.tensor([center, max(threshold, center + 1e-6)]))
+
+
+class PatchCoreModel(nn.Module):
+    """Memory-bank model over one or more scales sharing one backbone.
+
+    Each branch scores the image at its scale (see ScaleBranch); the fused map is the mean of the branches'
+    calibrated maps at the input's resolution and the fused raw score the mean of their maxima. A final affine
+    normalisation maps 0 to the median held-out good score and 0.5 to the decision threshold, for the score and
+    the map alike (a map value above 0.5 means "above the image threshold"). Fine scales localise small defects;
+    coarse ones see defects that span large areas (uneven grinding on magnetic tiles).
+    """
+
+    def __init__(
+        self,
+        features: PatchFeatures,
+        banks: list[torch.Tensor],
+        factors: tuple[int, ...] = (1,),
+        blur_sigma: float = 4.0,
+        position_grid: int = 32,
+    ) -> None:
+        super().__init__()
+        if len(banks) != len(factors):
+            raise ValueError("one bank per scale factor")
+        self.features = features
+        self.branches = nn.ModuleList(
+            ScaleBranch(b, f, blur_sigma, position_grid) for b, f in zip(banks, factors, strict=True)
+        )
+        self.register_buffer("norm", torch.tensor([0.0, 1.0]))
+
+    def set_normalisation(self, center: float, threshold: float) -> None:
+        self.norm.copy_(torch.tensor([center, max(threshold, center + 1e-6)]))
+
+    def branch_map(self, branch: ScaleBranch, x: torch.Tensor) -> torch.Tensor:
+        """Blurred distance map of one branch at that branch's resolution, before normalisation."""
+        xs = branch.downsample(x)
+        return branch.smooth(branch.patch_distances(self.features(xs)), xs.shape[-2:])
+
+    def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fused raw score [1], fused raw map 1 x 1 x h x w) before the final normalisation."""
+        size = x.shape[-2:]
+        scores, maps = [], []
+        for branch in self.branches:
+            m = branch.calibrated(branch.standardise(self.branch_map(branch, x)))
+            scores.append(m.amax(dim=(1, 2, 3)))
+            if branch.factor != 1:
+                m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+            maps.append(m)
+        n = float(len(self.branches))
+        return torch.stack(scores).sum(0) / n, torch.stack(maps).sum(0) / n
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.raw_map(x)
-        score = m.amax(dim=(1, 2, 3))
+        score, m = self.raw(x)
         scale = 2.0 * (self.norm[1] - self.norm[0])
         return (score - self.norm[0]) / scale, (m - self.norm[0]) / scale

@@ -47,7 +47,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         "resize": args.resize,
         "scales": [_int_or_error(v, "--scales") for v in args.scales.split(",")],
     }
-    _check_dataset_path(args.data)
     result = run_job("train_anomaly", params, _progress_printer("train"))
     meta = result["metadata"]
     tr = meta["training"]
@@ -62,7 +61,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from engine.jobs import run_job
 
-    _check_dataset_path(args.data)
     params = {"model": args.model, "data": args.data, "category": args.category, "report": args.report,
               "device": args.device}
     r = run_job("eval", params, _progress_printer("eval"))
@@ -149,13 +147,6 @@ def _int_or_error(text: str, option: str) -> int:
         return int(text)
     except ValueError:
         raise DefectScopeError(f"{option}: '{text}' is not a whole number") from None
-
-
-def _check_dataset_path(path: str) -> None:
-    from engine.errors import DatasetError
-
-    if not Path(path).exists():
-        raise DatasetError(f"{path}: dataset path does not exist")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """The pure memory-bank model (PatchCore family), apart from its training loop.
 
-Input: one image already resized to the model grid (1 x 3 x h x w, pixel values 0..255, any h, w).
+Input: one image already resized to the model grid (1 x 3 x h x w, pixel values 0..255, h and w multiples of 64).
 Output: the normalised image score (shape [1]) and the normalised, blurred anomaly map (1 x 1 x h x w).
 Everything here is exported to ONNX, so the torch path and every runtime compute the same numbers.
 """

@@ -197,3 +197,31 @@ def category_dirs(root: Path, is_category: Callable[[Path], bool]) -> list[Path]
     if is_category(root):
         return [root]
     return [d for d in list_subdirs(root) if is_category(d)]
+
+
+class CategoryFolderReader:
+    """Base of readers whose layout has one folder per category (MVTec AD, MVTec 3D-AD).
+
+    Subclasses say what a category folder looks like and how to read one; finding the categories, choosing
+    the requested one (with a clear error listing the others) and finishing the dataset is shared.
+    """
+
+    name: str
+    layout: str  # the layout's name in messages
+
+    def is_category(self, folder: Path) -> bool:
+        raise NotImplementedError
+
+    def load_category(self, folder: Path, samples: list[Sample], issues: list[LoadIssue]) -> None:
+        raise NotImplementedError
+
+    def detect(self, root: Path) -> bool:
+        return root.is_dir() and bool(category_dirs(root, self.is_category))
+
+    def load(self, root: Path, category: str | None = None) -> Dataset:
+        cats = {d.name: d for d in category_dirs(root, self.is_category)}
+        chosen = select_categories(root, self.layout, sorted(cats), category)
+        ds = Dataset(root=root, format=self.name, categories=chosen)
+        for name in chosen:
+            self.load_category(cats[name], ds.samples, ds.issues)
+        return finish(ds)

@@ -12,19 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.datasets.common import (
+    CategoryFolderReader,
     add_capped,
-    category_dirs,
     checked_mask,
-    finish,
     images_by_stem,
     list_images,
     list_subdirs,
     probe_size,
-    select_categories,
     split_name,
 )
 from engine.datasets.registry import register_format
-from engine.datasets.types import DEFECTIVE, GOOD, Dataset, LoadIssue, Sample
+from engine.datasets.types import DEFECTIVE, GOOD, LoadIssue, Sample
 
 SPLIT_DIRS = ("train", "validation", "test")
 
@@ -34,21 +32,17 @@ def is_mvtec_category(folder: Path) -> bool:
 
 
 @register_format("mvtec", "MVTec AD folders: <category>/train/good, test/<defect>, ground_truth/<defect>")
-class MVTecReader:
+class MVTecReader(CategoryFolderReader):
     """MVTec AD anomaly-detection layout (one or several categories)."""
 
     name = "mvtec"
+    layout = "MVTec AD"
 
-    def detect(self, root: Path) -> bool:
-        return root.is_dir() and bool(category_dirs(root, is_mvtec_category))
+    def is_category(self, folder: Path) -> bool:
+        return is_mvtec_category(folder)
 
-    def load(self, root: Path, category: str | None = None) -> Dataset:
-        cats = {d.name: d for d in category_dirs(root, is_mvtec_category)}
-        chosen = select_categories(root, "MVTec AD", sorted(cats), category)
-        ds = Dataset(root=root, format=self.name, categories=chosen)
-        for name in chosen:
-            _load_category(cats[name], ds.samples, ds.issues)
-        return finish(ds)
+    def load_category(self, folder: Path, samples: list[Sample], issues: list[LoadIssue]) -> None:
+        _load_category(folder, samples, issues)
 
 
 def _load_category(cat: Path, samples: list[Sample], issues: list[LoadIssue]) -> None:

@@ -11,19 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.datasets.common import (
+    CategoryFolderReader,
     add_capped,
-    category_dirs,
     checked_mask,
-    finish,
     images_by_stem,
     list_images,
     list_subdirs,
     probe_size,
-    select_categories,
     split_name,
 )
 from engine.datasets.registry import register_format
-from engine.datasets.types import DEFECTIVE, GOOD, Dataset, LoadIssue, Sample
+from engine.datasets.types import DEFECTIVE, GOOD, LoadIssue, Sample
 
 SPLIT_DIRS = ("train", "validation", "test")
 
@@ -35,21 +33,17 @@ def is_mvtec3d_category(folder: Path) -> bool:
 
 
 @register_format("mvtec3d", "MVTec 3D-AD folders: <cls>/<split>/<good|defect>/{rgb,xyz,gt}")
-class MVTec3DReader:
+class MVTec3DReader(CategoryFolderReader):
     """MVTec 3D-AD layout (RGB + xyz point-cloud TIFF + ground truth per sample)."""
 
     name = "mvtec3d"
+    layout = "MVTec 3D-AD"
 
-    def detect(self, root: Path) -> bool:
-        return root.is_dir() and bool(category_dirs(root, is_mvtec3d_category))
+    def is_category(self, folder: Path) -> bool:
+        return is_mvtec3d_category(folder)
 
-    def load(self, root: Path, category: str | None = None) -> Dataset:
-        cats = {d.name: d for d in category_dirs(root, is_mvtec3d_category)}
-        chosen = select_categories(root, "MVTec 3D-AD", sorted(cats), category)
-        ds = Dataset(root=root, format=self.name, categories=chosen)
-        for name in chosen:
-            _load_category(cats[name], ds.samples, ds.issues)
-        return finish(ds)
+    def load_category(self, folder: Path, samples: list[Sample], issues: list[LoadIssue]) -> None:
+        _load_category(folder, samples, issues)
 
 
 def _load_category(cat: Path, samples: list[Sample], issues: list[LoadIssue]) -> None:

@@ -129,6 +129,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_engine_serve(args: argparse.Namespace) -> int:
+    from engine.datasets.demo import default_data_home
+    from engine.server.serve import serve
+
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_home() / "engine"
+    serve(args.host, args.port, data_dir, Path(args.token_file) if args.token_file else None, args.max_jobs)
+    return 0
+
+
 def _format_metrics(r: dict) -> str:
     def f(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f}"
@@ -193,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--max-issues", type=int, default=20)
     ds.set_defaults(func=cmd_datasets)
 
+    eng = sub.add_parser("engine", help="run the engine process")
+    eng_sub = eng.add_subparsers(dest="engine_command", required=True)
+    srv = eng_sub.add_parser("serve", help="serve the job API (loopback by default)")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8765)
+    srv.add_argument("--data-dir", default=None, help="jobs database and job folders (default: user data dir)")
+    srv.add_argument("--token-file", default=None, help="bearer token; required off loopback")
+    srv.add_argument("--max-jobs", type=int, default=1, help="jobs running at once")
+    srv.set_defaults(func=cmd_engine_serve)
+
     demo = sub.add_parser("demo", help="generate the demo dataset, train, evaluate and write heatmaps")
     demo.add_argument("--category", default="washer")
     demo.add_argument("--home", default=None, help="data folder (default: $DEFECTSCOPE_HOME or the user data dir)")
@@ -202,8 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["_worker"]:
+        # Hidden: the engine starts job workers through the same program (works when frozen by PyInstaller).
+        from engine.worker import main as worker_main
+
+        return worker_main(args_list[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from engine.errors import DefectScopeError
 

@@ -39,7 +39,7 @@ import numpy as np
 from engine.errors import DatasetError
 
 # Bump whenever the rendered pixels, the layout or the manifest change: existing copies are then regenerated.
-DEMO_VERSION: int = 1
+DEMO_VERSION: int = 2
 
 MANIFEST_NAME = "demo.json"
 README_NAME = "README.txt"
@@ -206,7 +206,9 @@ def _bezier(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, n: int = 40) -> np.n
     return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
 
 
-def _place(part: Part, rng: np.random.Generator, margin: float, where: np.ndarray | None = None) -> np.ndarray:
+def _place(
+    part: Part, rng: np.random.Generator, margin: float, where: np.ndarray | None = None
+) -> np.ndarray:
     """A random (x, y) inside `where` (default: the support) at least `margin` px from its edge."""
     region = part.support if where is None else where
     size = region.shape[0]
@@ -240,10 +242,13 @@ def _threshold_alpha(alpha: np.ndarray, at: float = 0.25) -> np.ndarray:
 
 
 @register_defect("scratch")
-def _scratch(part: Part, rng: np.random.Generator, s: float, p: Mapping[str, Any]) -> tuple[np.ndarray, Image]:
+def _scratch(
+    part: Part, rng: np.random.Generator, s: float, p: Mapping[str, Any]
+) -> tuple[np.ndarray, Image]:
     size = part.image.shape[0]
     length = rng.uniform(*p.get("length", (70.0, 140.0))) * s
-    centre = _place(part, rng, margin=p.get("margin", 6.0) * s)
+    # On textures keep most of the curve inside the frame; objects pass a small margin of their own.
+    centre = _place(part, rng, margin=p["margin"] * s if "margin" in p else length * 0.35)
     base_angle = p.get("angle")
     angle = rng.uniform(0, np.pi) if base_angle is None else base_angle + rng.uniform(-0.6, 0.6)
     d = np.array([np.cos(angle), np.sin(angle)], np.float32)
@@ -294,7 +299,7 @@ def _dent(part: Part, rng: np.random.Generator, s: float, p: Mapping[str, Any]) 
 @register_defect("stain")
 def _stain(part: Part, rng: np.random.Generator, s: float, p: Mapping[str, Any]) -> tuple[np.ndarray, Image]:
     size, channels = part.image.shape[0], part.image.shape[2]
-    r = rng.uniform(*p.get("radius", (10.0, 22.0))) * s
+    r = rng.uniform(*p.get("radius", (14.0, 26.0))) * s
     c = _place(part, rng, margin=r * 0.8)
     xs, ys = _grid(size)
     t = rng.uniform(0, np.pi)
@@ -303,7 +308,7 @@ def _stain(part: Part, rng: np.random.Generator, s: float, p: Mapping[str, Any])
     u = (dx * np.cos(t) + dy * np.sin(t)) / r
     v = (-dx * np.sin(t) + dy * np.cos(t)) / (r * el)
     # Irregular outline: a radial falloff perturbed by smooth noise, thresholded with a soft ramp.
-    fld = 1.0 - np.sqrt(u * u + v * v) + 0.35 * _noise(rng, size, size, cell=max(r / 2.0, 3.0), octaves=2)
+    fld = 1.0 - np.sqrt(u * u + v * v) + 0.25 * _noise(rng, size, size, cell=max(r / 1.5, 3.0), octaves=2)
     raw = _smoothstep(0.0, rng.uniform(0.25, 0.5), fld)
     alpha = np.clip((raw - 0.25) / 0.75, 0.0, 1.0) * part.support
     # Drying stains collect pigment at the rim (coffee ring), which keeps them faint but visible.
@@ -320,7 +325,7 @@ def _crack(part: Part, rng: np.random.Generator, s: float, p: Mapping[str, Any])
     size = part.image.shape[0]
     length = rng.uniform(*p.get("length", (60.0, 110.0))) * s
     step = 2.5 * s
-    start = _place(part, rng, margin=8 * s)
+    start = _place(part, rng, margin=p["margin"] * s if "margin" in p else length * 0.3)
     base_angle = p.get("angle")
     heading = rng.uniform(0, 2 * np.pi) if base_angle is None else base_angle + rng.uniform(-0.3, 0.3)
     if base_angle is not None and rng.random() < 0.5:
@@ -337,7 +342,9 @@ def _crack(part: Part, rng: np.random.Generator, s: float, p: Mapping[str, Any])
     for _ in range(int(rng.integers(1, 4))):
         k = int(rng.integers(n // 5, n))
         side = 1.0 if rng.random() < 0.5 else -1.0
-        branch = walk(trunk[k], heading + side * rng.uniform(0.5, 1.1), max(3, int(n * rng.uniform(0.2, 0.45))))
+        branch = walk(
+            trunk[k], heading + side * rng.uniform(0.5, 1.1), max(3, int(n * rng.uniform(0.2, 0.45)))
+        )
         curves.append((branch, max(1, round(s))))
     alpha = _threshold_alpha(_draw_polylines(size, curves) * part.support)
     darkness = rng.uniform(*p.get("darkness", (0.55, 0.75)))
@@ -353,15 +360,22 @@ def _broken_piece(
     r = rng.uniform(*p.get("radius", (8.0, 14.0))) * s
     if on_edge:
         # Centre on the object's outline so the bite takes a chunk of its silhouette.
-        edge = part.coverage & ~cv2.erode(part.coverage.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        edge = part.coverage & ~cv2.erode(part.coverage.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(
+            bool
+        )
         edge &= cv2.dilate(part.support.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
         c = _place(part, rng, 0.0, where=edge) if edge.any() else _place(part, rng, r)
     else:
         c = _place(part, rng, margin=r)
     xs, ys = _grid(size)
     dist = np.sqrt((xs - c[0]) ** 2 + (ys - c[1]) ** 2) / r
-    ragged = dist + p.get("ragged", 0.25) * _noise(rng, size, size, cell=max(2.0 * s, 1.5), octaves=2)
-    gone = (ragged < 1.0) & part.coverage
+    cell = max(p.get("ragged_cell", 4.0) * s, 1.5)
+    ragged = dist + p.get("ragged", 0.25) * _noise(rng, size, size, cell=cell)
+    gone = ((ragged < 1.0) & part.coverage).astype(np.uint8)
+    # Fractures leave a jagged but connected edge, not loose pixel dust.
+    gone = cv2.morphologyEx(
+        gone, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    ).astype(bool)
     rim_px = max(1, round(p.get("rim", 2.0) * s))
     grown = cv2.dilate(gone.astype(np.uint8), np.ones((2 * rim_px + 1,) * 2, np.uint8)).astype(bool)
     rim = grown & ~gone & part.coverage
@@ -369,7 +383,9 @@ def _broken_piece(
 
 
 @register_defect("missing")
-def _missing(part: Part, rng: np.random.Generator, s: float, p: Mapping[str, Any]) -> tuple[np.ndarray, Image]:
+def _missing(
+    part: Part, rng: np.random.Generator, s: float, p: Mapping[str, Any]
+) -> tuple[np.ndarray, Image]:
     assert part.background is not None, "a 'missing' defect needs a category that renders its background"
     gone, rim = _broken_piece(part, rng, s, p, on_edge=True)
     fractured = part.image * p.get("rim_gain", 0.7)
@@ -403,11 +419,19 @@ def _texture_part(img: Image, background: Image | None = None) -> Part:
     description="Brushed steel sheet: anisotropic streak noise along a slightly rotated brushing direction, "
     "a broad specular sheen and an uneven lamp.",
     defects={
-        "scratch": {"angle": np.pi / 2, "tone": (0.22, 0.35), "dark_prob": 0.3,
-                    "note": "thin bright or dark curved line across the brushing, fading at the ends"},
+        "scratch": {
+            "angle": np.pi / 2,
+            "tone": (0.22, 0.35),
+            "dark_prob": 0.3,
+            "note": "thin bright or dark curved line across the brushing, fading at the ends",
+        },
         "dent": {"strength": (0.3, 0.45), "note": "small elliptical depression, lit from the upper left"},
-        "stain": {"colour": 0.62, "ring": 0.8, "opacity": (0.3, 0.45),
-                  "note": "faint dark oil/water blotch with a soft, slightly darker rim"},
+        "stain": {
+            "colour": 0.62,
+            "ring": 0.8,
+            "opacity": (0.3, 0.45),
+            "note": "faint dark oil/water blotch with a soft, slightly darker rim",
+        },
     },
 )
 def _brushed_metal(rng: np.random.Generator, size: int) -> Part:
@@ -431,36 +455,51 @@ def _brushed_metal(rng: np.random.Generator, size: int) -> Part:
     description="Plain-weave cloth: interlaced warp and weft threads with per-thread brightness, jittered "
     "thread paths, fibre fuzz and a slight rotation.",
     defects={
-        "hole": {"radius": (6.0, 11.0), "ragged": 0.35, "rim": 2.0,
-                 "note": "ragged hole showing the dark backing, with a shadowed torn rim"},
-        "stain": {"colour": 0.55, "opacity": (0.35, 0.5), "radius": (12.0, 24.0),
-                  "note": "soft, irregular darker patch soaked into the weave"},
-        "scratch": {"tone": (0.25, 0.35), "length": (50.0, 100.0), "thick_prob": 0.8,
-                    "note": "snagged thread: a thin bright curved line lying over the weave"},
+        "hole": {
+            "radius": (8.0, 13.0),
+            "ragged": 0.35,
+            "ragged_cell": 2.5,
+            "rim": 2.0,
+            "note": "ragged hole showing the dark backing, with a shadowed torn rim",
+        },
+        "stain": {
+            "colour": 0.45,
+            "opacity": (0.5, 0.65),
+            "radius": (14.0, 24.0),
+            "note": "soft, irregular darker patch soaked into the weave",
+        },
+        "scratch": {
+            "tone": (0.25, 0.35),
+            "length": (50.0, 100.0),
+            "thick_prob": 0.8,
+            "note": "snagged thread: a thin bright curved line lying over the weave",
+        },
     },
     noise_sigma=0.015,
 )
 def _woven_fabric(rng: np.random.Generator, size: int) -> Part:
-    pad = int(size * 1.45)
     period = size / rng.uniform(24.0, 28.0)
-    xs, ys = _grid(pad)
+    xs, ys = _grid(size)
+    # The cloth lies slightly askew: evaluate the weave in rotated coordinates (no resampling blur).
+    a = np.deg2rad(rng.uniform(-3.0, 3.0))
+    xr = np.cos(a) * xs - np.sin(a) * ys
+    yr = np.sin(a) * xs + np.cos(a) * ys
     # Threads are never perfectly straight: smooth displacement of the weave coordinates.
-    jx = 0.35 * period * _noise(rng, pad, pad, cell=period * 4)
-    jy = 0.35 * period * _noise(rng, pad, pad, cell=period * 4)
-    u, v = (xs + jx) / period, (ys + jy) / period
-    iu, iv = np.floor(u).astype(np.int64), np.floor(v).astype(np.int64)
-    fu, fv = u - iu, v - iv
-    n = int(pad / period) + 4
+    jx = 0.12 * period * _noise(rng, size, size, cell=period * 6)
+    jy = 0.12 * period * _noise(rng, size, size, cell=period * 6)
+    u, v = (xr + jx) / period, (yr + jy) / period
+    fl_u, fl_v = np.floor(u), np.floor(v)
+    fu, fv = u - fl_u, v - fl_v
+    iu, iv = fl_u.astype(np.int32), fl_v.astype(np.int32)
+    n = int(2 * size / period) + 4
     warp_b = 1.0 + 0.07 * rng.standard_normal(n).astype(np.float32)
     weft_b = 1.0 + 0.07 * rng.standard_normal(n).astype(np.float32)
-    across_u = np.sin(np.pi * fu) ** 0.6  # round thread cross-section
-    across_v = np.sin(np.pi * fv) ** 0.6
-    warp_on_top = (iu + iv) % 2 == 0
-    warp = warp_b[np.mod(iu, n)] * (0.3 + 0.7 * across_u) * (0.75 + 0.25 * np.sin(np.pi * fv))
-    weft = weft_b[np.mod(iv, n)] * (0.3 + 0.7 * across_v) * (0.75 + 0.25 * np.sin(np.pi * fu))
-    weave = np.where(warp_on_top, warp, weft)
-    fuzz = 0.05 * _noise(rng, pad, pad, cell=1.5)
-    tex = _rotate((weave + fuzz).astype(np.float32), rng.uniform(-3.0, 3.0), size)
+    sin_u, sin_v = np.sin(np.pi * fu), np.sin(np.pi * fv)
+    across_u, across_v = np.sqrt(sin_u), np.sqrt(sin_v)  # round thread cross-section
+    warp_on_top = ((iu + iv) & 1) == 0
+    warp = warp_b[np.mod(iu, n)] * (0.3 + 0.7 * across_u) * (0.75 + 0.25 * sin_v)
+    weft = weft_b[np.mod(iv, n)] * (0.3 + 0.7 * across_v) * (0.75 + 0.25 * sin_u)
+    tex = np.where(warp_on_top, warp, weft) + 0.05 * _noise(rng, size, size, cell=1.5)
     img = (rng.uniform(0.5, 0.6) * tex + 0.04) * _lighting(rng, size, 0.15)
     backing = np.full((size, size, 1), 0.06, np.float32) + 0.02 * _noise(rng, size, size, cell=4)[..., None]
     return _texture_part(np.clip(img, 0, 1)[..., None], np.clip(backing, 0, 1))
@@ -473,27 +512,44 @@ def _woven_fabric(rng: np.random.Generator, size: int) -> Part:
     description="Flat-sawn wood veneer: warped growth rings with dark late-wood bands, fibre streaks along "
     "the grain, per-board colour and lighting.",
     defects={
-        "crack": {"angle": 0.0, "wiggle": 0.18, "length": (70.0, 120.0),
-                  "note": "dark branching split running roughly along the grain"},
-        "stain": {"colour": (0.55, 0.5, 0.5), "ring": 0.6, "opacity": (0.35, 0.5),
-                  "note": "greyish water mark with a soft darker rim"},
-        "scratch": {"tone": (0.12, 0.2), "length": (70.0, 130.0),
-                    "note": "thin lighter line across the grain where the finish is scraped"},
+        "crack": {
+            "angle": 0.0,
+            "wiggle": 0.18,
+            "length": (70.0, 120.0),
+            "note": "dark branching split running roughly along the grain",
+        },
+        "stain": {
+            "colour": (0.55, 0.5, 0.5),
+            "ring": 0.6,
+            "opacity": (0.35, 0.5),
+            "radius": (14.0, 26.0),
+            "note": "greyish water mark with a soft darker rim",
+        },
+        "scratch": {
+            "tone": (0.12, 0.2),
+            "length": (70.0, 130.0),
+            "note": "thin lighter line across the grain where the finish is scraped",
+        },
     },
 )
 def _wood(rng: np.random.Generator, size: int) -> Part:
     xs, ys = _grid(size)
-    warp = _noise(rng, size, size, cell=size / 2.5, octaves=2)
-    rings = rng.uniform(5.0, 9.0)
-    t = ys / size * rings + 0.6 * xs / size * rng.uniform(-0.5, 0.5) + rng.uniform(0.6, 1.2) * warp
+    # Growth rings bend gently, mostly along the board: a warp field stretched in x keeps them near-parallel.
+    pad = size * 2
+    warp = cv2.resize(
+        _noise(rng, size, pad, cell=size / 2.0, octaves=2), (size, size), interpolation=cv2.INTER_AREA
+    )
+    rings = rng.uniform(8.0, 13.0)
+    t = ys / size * rings + xs / size * rng.uniform(-1.5, 1.5) + rng.uniform(0.25, 0.5) * warp
+    t += 0.08 * _noise(rng, size, size, cell=size / 8.0)
     t += rng.uniform(0, 1)
     f = t - np.floor(t)
-    late = _smoothstep(0.55, 0.85, f) * (1.0 - _smoothstep(0.9, 1.0, f))
+    late = _smoothstep(0.7, 0.9, f) * (1.0 - _smoothstep(0.93, 1.0, f))
     fibres = _streaks(rng, size, size, along=size / 4.0, across=1.0)
     pores = _streaks(rng, size, size, along=size / 12.0, across=2.0)
     light = np.array([0.78, 0.58, 0.38], np.float32) * rng.uniform(0.9, 1.08)
     dark = np.array([0.52, 0.33, 0.18], np.float32) * rng.uniform(0.9, 1.08)
-    mix = np.clip(0.75 * late + 0.08 * warp + 0.15, 0, 1)[..., None]
+    mix = np.clip(0.6 * late + 0.06 * warp + 0.15 + 0.1 * fibres, 0, 1)[..., None]
     img = light * (1 - mix) + dark * mix
     img *= (1.0 + 0.05 * fibres + 0.03 * pores)[..., None]
     img *= _lighting(rng, size, 0.12)[..., None]
@@ -521,12 +577,23 @@ def _drop_shadow(cov: np.ndarray, s: float, rng: np.random.Generator) -> np.ndar
     description="Steel flat washer on a dark rubber belt: concentric turning marks, a bevel that catches the "
     "lamp, a soft drop shadow; random position, slight tilt and lamp direction.",
     defects={
-        "scratch": {"tone": (0.22, 0.32), "length": (40.0, 70.0), "dark_prob": 0.4, "margin": 4.0,
-                    "note": "short thin bright or dark line on the ring"},
-        "dent": {"radius": (7.0, 12.0), "strength": (0.3, 0.45),
-                 "note": "small shaded ding in the ring face"},
-        "missing": {"radius": (9.0, 15.0), "rim_gain": 0.65,
-                    "note": "a bite broken out of the outer or inner edge, belt visible through it"},
+        "scratch": {
+            "tone": (0.22, 0.32),
+            "length": (40.0, 70.0),
+            "dark_prob": 0.4,
+            "margin": 4.0,
+            "note": "short thin bright or dark line on the ring",
+        },
+        "dent": {
+            "radius": (8.0, 13.0),
+            "strength": (0.3, 0.45),
+            "note": "small shaded ding in the ring face",
+        },
+        "missing": {
+            "radius": (9.0, 15.0),
+            "rim_gain": 0.65,
+            "note": "a bite broken out of the outer or inner edge, belt visible through it",
+        },
     },
 )
 def _washer(rng: np.random.Generator, size: int) -> Part:
@@ -552,7 +619,9 @@ def _washer(rng: np.random.Generator, size: int) -> Part:
     background_shadowed = background * (1.0 - 0.55 * _drop_shadow(cov.astype(np.float32), s, rng))[..., None]
 
     lamp = rng.uniform(-2.6, -1.6)  # upper-left-ish
-    turning = np.interp(d, np.arange(size), cv2.GaussianBlur(rng.standard_normal((size, 1)), (0, 0), 0.7)[:, 0])
+    turning = np.interp(
+        d, np.arange(size), cv2.GaussianBlur(rng.standard_normal((size, 1)), (0, 0), 0.7)[:, 0]
+    )
     sheen = 0.16 * np.cos(2 * (theta - lamp))  # turning marks reflect in two opposite lobes
     bevel_w = 3.0 * s
     outer_bevel = np.clip(1 - (outer - d) / bevel_w, 0, 1)
@@ -574,12 +643,23 @@ def _washer(rng: np.random.Generator, size: int) -> Part:
     description="Oblong cream tablet with red speckles and an embossed 'DS' imprint on a dark tray: dome "
     "shading with a highlight, random small rotation, shift and speckle pattern.",
     defects={
-        "stain": {"colour": (0.85, 0.55, 0.4), "radius": (8.0, 15.0), "opacity": (0.4, 0.55),
-                  "note": "brownish-pink discolouration with soft edges"},
-        "crack": {"length": (45.0, 80.0), "darkness": (0.5, 0.7),
-                  "note": "thin dark branching fracture line across the tablet"},
-        "missing": {"radius": (10.0, 16.0), "rim_gain": 0.75,
-                    "note": "a chip broken off the tablet's edge, tray visible, darker fractured rim"},
+        "stain": {
+            "colour": (0.8, 0.5, 0.35),
+            "radius": (9.0, 15.0),
+            "opacity": (0.45, 0.6),
+            "note": "brownish-pink discolouration with soft edges",
+        },
+        "crack": {
+            "length": (60.0, 95.0),
+            "darkness": (0.55, 0.75),
+            "margin": 10.0,
+            "note": "thin dark branching fracture line across the tablet",
+        },
+        "missing": {
+            "radius": (10.0, 16.0),
+            "rim_gain": 0.75,
+            "note": "a chip broken off the tablet's edge, tray visible, darker fractured rim",
+        },
     },
 )
 def _pill(rng: np.random.Generator, size: int) -> Part:
@@ -614,9 +694,15 @@ def _pill(rng: np.random.Generator, size: int) -> Part:
     # Speckles: a handful of small red dots scattered over the tablet (a few cv2 calls, not per pixel).
     speck = np.zeros((size, size), np.float32)
     inner_pts = np.flatnonzero(sd.ravel() < -4 * s)
-    for k in rng.choice(inner_pts, size=int(rng.integers(25, 45)), replace=False):
-        cv2.circle(speck, (int(k % size), int(k // size)), max(1, round(rng.uniform(0.6, 1.6) * s)), 1.0, -1,
-                   cv2.LINE_AA)
+    for k in inner_pts[rng.integers(0, inner_pts.size, int(rng.integers(25, 45)))]:
+        cv2.circle(
+            speck,
+            (int(k % size), int(k // size)),
+            max(1, round(rng.uniform(0.6, 1.6) * s)),
+            1.0,
+            -1,
+            cv2.LINE_AA,
+        )
     speck = cv2.GaussianBlur(speck, (0, 0), 0.6 * s) * rng.uniform(0.6, 0.85)
     pill = pill * (1 - speck[..., None]) + np.array([0.72, 0.22, 0.18], np.float32) * speck[..., None]
 
@@ -624,8 +710,16 @@ def _pill(rng: np.random.Generator, size: int) -> Part:
     text = np.zeros((size, size), np.uint8)
     scale, thick = 1.25 * s, max(1, round(3 * s))
     (tw, th), _ = cv2.getTextSize("DS", cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-    cv2.putText(text, "DS", (int(size / 2 - tw / 2), int(size / 2 + th / 2)), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                255, thick, cv2.LINE_AA)
+    cv2.putText(
+        text,
+        "DS",
+        (int(size / 2 - tw / 2), int(size / 2 + th / 2)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        255,
+        thick,
+        cv2.LINE_AA,
+    )
     m = cv2.getRotationMatrix2D((size / 2, size / 2), -ang_deg, 1.0)
     m[:, 2] += (cx - size / 2, cy - size / 2)
     text = cv2.warpAffine(text, m, (size, size)).astype(np.float32) * (0.55 / 255.0)
@@ -646,6 +740,7 @@ class DemoSample:
     image: np.ndarray
     mask: np.ndarray
     clean: np.ndarray  # the same part, same sensor noise, without the defect (== image for good samples)
+    coverage: np.ndarray  # bool: pixels the object covers (everything for textures)
 
 
 def _key(text: str) -> int:
@@ -677,14 +772,16 @@ def render_sample(
     except KeyError:
         raise DatasetError(f"unknown demo category '{category}'; known: {', '.join(CATEGORIES)}") from None
     if defect is not None and defect not in spec.defects:
-        raise DatasetError(f"demo category '{category}' has no defect '{defect}'; known: {', '.join(spec.defects)}")
+        raise DatasetError(
+            f"demo category '{category}' has no defect '{defect}'; known: {', '.join(spec.defects)}"
+        )
     label = defect or "good"
     part = spec.render(_rng(seed, category, split, label, index, 0), image_size)
     noise_rng = _rng(seed, category, split, label, index, 2)
     sensor = noise_rng.standard_normal(part.image.shape, dtype=np.float32) * spec.noise_sigma
     clean = _to_uint8(part.image + sensor, spec.channels)
     if defect is None:
-        return DemoSample(clean, np.zeros((image_size, image_size), np.uint8), clean)
+        return DemoSample(clean, np.zeros((image_size, image_size), np.uint8), clean, part.coverage)
 
     rng = _rng(seed, category, split, label, index, 1)
     s = image_size / 256.0
@@ -703,7 +800,7 @@ def render_sample(
     # Outside the mask the defect image is the clean image bit for bit: the mask is the whole truth.
     sel = mask if spec.channels == 1 else mask[..., None]
     image = np.where(sel, image, clean)
-    return DemoSample(image, mask.astype(np.uint8) * 255, clean)
+    return DemoSample(image, mask.astype(np.uint8) * 255, clean, part.coverage)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -726,7 +823,9 @@ def default_data_home() -> Path:
     return base / "defectscope"
 
 
-def _manifest(categories: Sequence[str], n_train: int, n_test_good: int, n_defect: int, size: int, seed: int) -> dict:
+def _manifest(
+    categories: Sequence[str], n_train: int, n_test_good: int, n_defect: int, size: int, seed: int
+) -> dict:
     return {
         "generator": GENERATOR_NAME,
         "version": DEMO_VERSION,
@@ -774,7 +873,9 @@ def _readme(manifest: dict) -> str:
     for name, info in manifest["categories"].items():
         spec = CATEGORIES[name]
         colour = "grayscale" if spec.channels == 1 else "RGB"
-        lines.append(f"  {name} ({spec.kind}, {colour}; {info['train_good']} train, {info['test_good']} good test)")
+        lines.append(
+            f"  {name} ({spec.kind}, {colour}; {info['train_good']} train, {info['test_good']} good test)"
+        )
         lines.append(f"    {spec.description}")
         for d, n in info["test_defects"].items():
             lines.append(f"    - {d} ({n}): {spec.defect_notes.get(d, '')}")
@@ -819,9 +920,13 @@ def _write_all(tmp: Path, manifest: dict) -> None:
     # numpy and OpenCV release the GIL in the heavy calls, so two threads use both cores; every image has
     # its own random stream, so the output does not depend on scheduling.
     workers = max(1, min(4, os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         for _ in pool.map(one, _jobs(manifest)):
             pass
+    finally:
+        # On failure or Ctrl+C, drop the queued images instead of rendering them all before unwinding.
+        pool.shutdown(wait=True, cancel_futures=True)
     (tmp / README_NAME).write_text(_readme(manifest), encoding="utf-8", newline="\n")
     # Written last: a folder without demo.json is never taken for a finished demo.
     (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8", newline="\n")
@@ -865,7 +970,9 @@ def _check_replaceable(root: Path, owned: bool) -> None:
     if not root.is_dir():
         raise DatasetError(f"{root}: exists and is not a folder; cannot write the demo dataset there")
     if _read_manifest(root) is None and any(root.iterdir()):
-        raise DatasetError(f"{root}: folder is not empty and not a DefectScope demo; refusing to overwrite it")
+        raise DatasetError(
+            f"{root}: folder is not empty and not a DefectScope demo; refusing to overwrite it"
+        )
 
 
 def generate_demo_dataset(
@@ -956,7 +1063,11 @@ def ensure_demo_dataset(root: Path | None = None) -> Path:
     target = target.expanduser().absolute()
     cfg = DEFAULT_CONFIG
     manifest = _manifest(
-        list(CATEGORIES), cfg["n_train"], cfg["n_test_good"], cfg["n_test_defect_per_type"], cfg["image_size"],
+        list(CATEGORIES),
+        cfg["n_train"],
+        cfg["n_test_good"],
+        cfg["n_test_defect_per_type"],
+        cfg["image_size"],
         cfg["seed"],
     )
     if _is_current(target, manifest):

@@ -39,6 +39,7 @@ register_job_kind(
         params=TrainAnomalyParams,
         description="Train a memory-bank anomaly model on good images and export it to ONNX",
         needs_torch=True,
+        outputs={"out": "model"},
     )
 )
 register_job_kind(
@@ -47,5 +48,6 @@ register_job_kind(
         entry="engine.evaluate:eval_job",
         params=EvalParams,
         description="Evaluate an exported model on a dataset's test split (ONNX Runtime)",
+        outputs={"report": "report.json"},
     )
 )

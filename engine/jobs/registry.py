@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -25,6 +25,8 @@ class JobKind:
     params: type[BaseModel]
     description: str = ""
     needs_torch: bool = False
+    # Parameters the engine fills with paths inside the job's artifacts folder (param name -> relative path).
+    outputs: dict[str, str] = field(default_factory=dict)
 
     def resolve(self) -> Callable[[BaseModel, Progress], dict]:
         module, func = self.entry.split(":")

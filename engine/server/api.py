@@ -1,0 +1,154 @@
+"""The engine's HTTP API (FastAPI): jobs, their events (SSE), logs, cancel and artifacts, behind a bearer token."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+import engine
+from engine.errors import DefectScopeError
+from engine.jobs.registry import get_job_kind, validate_params
+from engine.server.executor import LocalExecutor, is_final
+from engine.server.store import JobStore
+from engine.worker import EVENTS_FILE
+
+
+class JobRequest(BaseModel, extra="forbid"):
+    kind: str = Field(max_length=64)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Engine:
+    """The engine's state: the job store and the executor, rooted in one data folder."""
+
+    def __init__(self, data_dir: Path, token: str, max_concurrent: int = 1) -> None:
+        self.data_dir = data_dir
+        self.token = token
+        self.store = JobStore(data_dir / "engine.sqlite")
+        self.interrupted = self.store.fail_interrupted("engine restarted while the job was queued or running")
+        self.executor = LocalExecutor(self.store, data_dir / "jobs", max_concurrent)
+
+    def submit(self, kind_name: str, params: dict[str, Any]) -> str:
+        kind = get_job_kind(kind_name)
+        for name in kind.outputs:
+            if name in params:
+                raise DefectScopeError(f"params.{name}: set by the engine (outputs go to the job's artifacts)")
+        validate_params(kind, {**params, **{n: "placeholder" for n in kind.outputs}})
+        record = self.store.create(kind.name, params)
+        artifacts = self.executor.job_dir(record.id) / "artifacts"
+        full = {**params, **{n: str(artifacts / rel) for n, rel in kind.outputs.items()}}
+        self.store.update(record.id, params=full)
+        self.executor.submit(record.id, kind.name, full)
+        return record.id
+
+    def artifacts_dir(self, job_id: str) -> Path:
+        return self.executor.job_dir(job_id) / "artifacts"
+
+
+def create_app(eng: Engine) -> FastAPI:
+    app = FastAPI(title="DefectScope engine", version=engine.__version__)
+
+    def auth(authorization: str | None = Header(default=None)) -> None:
+        scheme, _, given = (authorization or "").partition(" ")
+        # Constant-time comparison: response timing must not reveal how much of a guessed token was right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), eng.token.encode()):
+            raise HTTPException(401, "missing or wrong token", headers={"WWW-Authenticate": "Bearer"})
+
+    def job_or_404(job_id: str) -> dict:
+        rec = eng.store.get(job_id)
+        if rec is None:
+            raise HTTPException(404, f"no job '{job_id}'")
+        return rec.to_dict()
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "version": engine.__version__}
+
+    @app.post("/jobs", dependencies=[Depends(auth)])
+    def submit(req: JobRequest) -> dict:
+        try:
+            return {"id": eng.submit(req.kind, req.params)}
+        except DefectScopeError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    @app.get("/jobs", dependencies=[Depends(auth)])
+    def list_jobs() -> list[dict]:
+        return [r.to_dict() for r in eng.store.list()]
+
+    @app.get("/jobs/{job_id}", dependencies=[Depends(auth)])
+    def get_job(job_id: str) -> dict:
+        return job_or_404(job_id)
+
+    @app.post("/jobs/{job_id}/cancel", dependencies=[Depends(auth)])
+    def cancel(job_id: str) -> dict:
+        job = job_or_404(job_id)
+        if is_final(job["state"]):
+            raise HTTPException(409, f"job '{job_id}' already {job['state']}")
+        return {"id": job_id, "cancelling": eng.executor.cancel(job_id)}
+
+    @app.get("/jobs/{job_id}/logs", dependencies=[Depends(auth)], response_class=PlainTextResponse)
+    def logs(job_id: str) -> str:
+        job_or_404(job_id)
+        path = eng.executor.job_dir(job_id) / "log.txt"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    @app.get("/jobs/{job_id}/events", dependencies=[Depends(auth)])
+    async def events(job_id: str) -> StreamingResponse:
+        job_or_404(job_id)
+        path = eng.executor.job_dir(job_id) / EVENTS_FILE
+
+        async def stream():
+            offset = 0
+            while True:
+                if path.exists():
+                    with path.open("rb") as fh:
+                        fh.seek(offset)
+                        data = fh.read()
+                    lines = data.split(b"\n")
+                    for raw in lines[:-1]:
+                        yield f"data: {raw.decode()}\n\n"
+                    offset += len(data) - len(lines[-1])
+                rec = eng.store.get(job_id)
+                if rec is None or is_final(rec.state):
+                    yield f"event: end\ndata: {json.dumps({'state': rec.state if rec else None})}\n\n"
+                    return
+                await asyncio.sleep(0.25)
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @app.get("/jobs/{job_id}/artifacts", dependencies=[Depends(auth)])
+    def artifacts(job_id: str) -> list[dict]:
+        job_or_404(job_id)
+        root = eng.artifacts_dir(job_id)
+        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return [{"name": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": _sha256(p)}
+                for p in files]
+
+    @app.get("/jobs/{job_id}/artifacts/{name:path}", dependencies=[Depends(auth)])
+    def artifact(job_id: str, name: str) -> FileResponse:
+        job_or_404(job_id)
+        root = eng.artifacts_dir(job_id).resolve()
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            raise HTTPException(400, f"artifact name '{name}' must stay inside the job's artifacts")
+        path = (root / name).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise HTTPException(404, f"no artifact '{name}'")
+        return FileResponse(path, headers={"X-Checksum-SHA256": _sha256(path)})
+
+    return app
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

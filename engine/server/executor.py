@@ -1,0 +1,157 @@
+"""Local executor: each job in its own worker process; events from its JSON-lines file update the store.
+
+The worker's outcome is read from its events, and its exit is checked too: a worker killed mid-job (SIGKILL,
+out of memory) leaves no final event and its job is failed with the reason, while the engine keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from engine.server.store import FINAL_STATES, JobStore
+from engine.worker import CANCEL_FILE, ENGINE_PID_ENV, EVENTS_FILE, JOB_FILE
+
+CANCEL_GRACE_S = 5.0
+
+
+def worker_command(job_dir: Path) -> list[str]:
+    """The same program in worker mode; a PyInstaller-frozen app has no `-m`, so it uses a hidden subcommand."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, "_worker", str(job_dir)]
+    return [sys.executable, "-m", "engine.worker", str(job_dir)]
+
+
+class LocalExecutor:
+    def __init__(self, store: JobStore, jobs_dir: Path, max_concurrent: int = 1) -> None:
+        self.store = store
+        self.jobs_dir = jobs_dir
+        self.max_concurrent = max_concurrent
+        self._queue: deque[str] = deque()
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._schedule, name="executor", daemon=True)
+        self._thread.start()
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs_dir / job_id
+
+    def submit(self, job_id: str, kind: str, params: dict) -> None:
+        d = self.job_dir(job_id)
+        (d / "artifacts").mkdir(parents=True, exist_ok=True)
+        (d / JOB_FILE).write_text(json.dumps({"id": job_id, "kind": kind, "params": params}))
+        with self._lock:
+            self._queue.append(job_id)
+        self._wake.set()
+
+    def cancel(self, job_id: str) -> bool:
+        """Cooperative flag now; SIGTERM after a grace period; SIGKILL after another."""
+        with self._lock:
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+                self.store.update(job_id, state="cancelled", finished=time.time(), message="cancelled before start")
+                return True
+            proc = self._procs.get(job_id)
+        if proc is None:
+            return False
+        (self.job_dir(job_id) / CANCEL_FILE).touch()
+        threading.Thread(target=self._escalate, args=(job_id, proc), daemon=True).start()
+        return True
+
+    def shutdown(self) -> None:
+        self._closed = True
+        self._wake.set()
+        with self._lock:
+            procs = list(self._procs.values())
+        for p in procs:
+            p.terminate()
+
+    def _escalate(self, job_id: str, proc: subprocess.Popen) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                proc.wait(CANCEL_GRACE_S)
+                return
+            except subprocess.TimeoutExpired:
+                proc.send_signal(sig)
+        self.store.update(job_id, message="cancel: worker killed")
+
+    def _schedule(self) -> None:
+        while not self._closed:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            while True:
+                with self._lock:
+                    if self._closed or not self._queue or len(self._procs) >= self.max_concurrent:
+                        break
+                    job_id = self._queue.popleft()
+                    d = self.job_dir(job_id)
+                    log = (d / "log.txt").open("ab")
+                    proc = subprocess.Popen(worker_command(d), stdout=log, stderr=subprocess.STDOUT,
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                                 ENGINE_PID_ENV: str(os.getpid())})
+                    log.close()
+                    self._procs[job_id] = proc
+                self.store.update(job_id, state="running", started=time.time(), message="started")
+                threading.Thread(target=self._monitor, args=(job_id, proc), daemon=True).start()
+
+    def _monitor(self, job_id: str, proc: subprocess.Popen) -> None:
+        events_path = self.job_dir(job_id) / EVENTS_FILE
+        offset = 0
+        final = None
+        while True:
+            exited = proc.poll() is not None
+            offset, final = self._apply_events(job_id, events_path, offset, final)
+            if exited:
+                break
+            time.sleep(0.2)
+        offset, final = self._apply_events(job_id, events_path, offset, final)
+        if final is None:
+            cancelled = (self.job_dir(job_id) / CANCEL_FILE).exists()
+            code = proc.returncode
+            if cancelled:
+                self.store.update(job_id, state="cancelled", finished=time.time(), message="cancelled")
+            else:
+                reason = f"worker process died (exit code {code}{', killed by signal ' + str(-code) if code < 0 else ''})"
+                self.store.update(job_id, state="failed", error=reason, finished=time.time(), message=reason)
+        with self._lock:
+            self._procs.pop(job_id, None)
+        self._wake.set()
+
+    def _apply_events(self, job_id: str, path: Path, offset: int, final: str | None) -> tuple[int, str | None]:
+        if not path.exists():
+            return offset, final
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+        lines = data.split(b"\n")
+        complete, rest = lines[:-1], lines[-1]  # a half-written last line is read next time
+        for raw in complete:
+            ev = json.loads(raw)
+            kind = ev["type"]
+            if kind == "progress":
+                self.store.update(job_id, progress=ev["value"], message=ev["message"])
+            elif kind == "done":
+                self.store.update(job_id, state="succeeded", progress=1.0, result=ev["result"],
+                                  finished=time.time(), message="done")
+                final = "succeeded"
+            elif kind == "failed":
+                self.store.update(job_id, state="failed", error=ev["error"], finished=time.time(),
+                                  message="failed")
+                final = "failed"
+            elif kind == "cancelled":
+                self.store.update(job_id, state="cancelled", finished=time.time(), message="cancelled")
+                final = "cancelled"
+        return offset + len(data) - len(rest), final
+
+
+def is_final(state: str) -> bool:
+    return state in FINAL_STATES

@@ -1,0 +1,63 @@
+"""`defectscope engine serve`: the engine process on loopback (default) or, with a token, on the network."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import socket
+from pathlib import Path
+
+from engine.errors import DefectScopeError
+
+TOKEN_FILE = "token"
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def load_or_create_token(data_dir: Path, token_file: Path | None) -> tuple[str, Path]:
+    """The token from `token_file`; without one, a generated token kept in DATA_DIR/token (mode 0600)."""
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise DefectScopeError(f"{token_file}: cannot read the token file ({exc.strerror})") from None
+        if len(token) < 16:
+            raise DefectScopeError(f"{token_file}: token is shorter than 16 characters")
+        return token, token_file
+    path = data_dir / TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip(), path
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token, path
+
+
+def serve(host: str, port: int, data_dir: Path, token_file: Path | None, max_concurrent: int = 1) -> None:
+    import uvicorn
+
+    from engine.server.api import Engine, create_app
+
+    if not is_loopback(host) and token_file is None:
+        raise DefectScopeError(f"refusing to listen on non-loopback address {host} without --token-file")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token, path = load_or_create_token(data_dir, token_file)
+    eng = Engine(data_dir, token, max_concurrent)
+    try:
+        socket.getaddrinfo(host, port)
+    except OSError as exc:
+        raise DefectScopeError(f"cannot listen on {host}:{port} ({exc})") from None
+    print(f"DefectScope engine on http://{host}:{port} (data {data_dir}, token in {path})", flush=True)
+    if eng.interrupted:
+        print(f"jobs interrupted by the last shutdown, marked failed: {', '.join(eng.interrupted)}", flush=True)
+    try:
+        uvicorn.run(create_app(eng), host=host, port=port, log_level="warning")
+    finally:
+        eng.executor.shutdown()

@@ -1,0 +1,199 @@
+"""The engine process for real: started on loopback, jobs run in worker processes, faults and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import DEMO_CATEGORY
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "test-token-0123456789abcdef"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EngineProcess:
+    def __init__(self, data_dir: Path, token_file: Path) -> None:
+        self.data_dir, self.token_file = data_dir, token_file
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> EngineProcess:
+        cmd = [sys.executable, "-m", "app.cli", "engine", "serve", "--port", str(self.port),
+               "--data-dir", str(self.data_dir), "--token-file", str(self.token_file)]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=dict(os.environ, PYTHONPATH=str(REPO)))
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("engine did not start: " + (self.proc.stdout.read() if self.proc.stdout else ""))
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def client(self, token: str | None = TOKEN) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+@pytest.fixture
+def engine_proc(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    eng = EngineProcess(tmp_path / "engine", token_file).start()
+    yield eng
+    eng.stop()
+
+
+def wait_for(client: httpx.Client, job_id: str, states: set[str], timeout: float = 300) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} never reached {states}: {job}")
+
+
+def test_every_route_but_health_needs_the_token(engine_proc):
+    assert engine_proc.client(None).get("/health").json()["status"] == "ok"
+    for token in (None, "wrong-token-wrong-token"):
+        c = engine_proc.client(token)
+        assert c.get("/jobs").status_code == 401
+        assert c.post("/jobs", json={"kind": "eval", "params": {}}).status_code == 401
+        assert c.get("/jobs/abc/artifacts").status_code == 401
+    assert "/jobs/{job_id}/events" in engine_proc.client().get("/openapi.json").json()["paths"]
+
+
+def test_eval_job_runs_in_a_worker_and_returns_checksummed_artifacts(engine_proc, trained_model, demo_data):
+    c = engine_proc.client()
+    job_id = c.post("/jobs", json={"kind": "eval", "params": {
+        "model": str(trained_model), "data": str(demo_data), "category": DEMO_CATEGORY}}).json()["id"]
+    job = wait_for(c, job_id, {"succeeded", "failed"})
+    assert job["state"] == "succeeded", job
+    assert job["progress"] == 1.0 and job["result"]["image_auroc"] > 0.5
+    arts = c.get(f"/jobs/{job_id}/artifacts").json()
+    assert [a["name"] for a in arts] == ["report.json"]
+    body = c.get(f"/jobs/{job_id}/artifacts/report.json")
+    assert hashlib.sha256(body.content).hexdigest() == arts[0]["sha256"] == body.headers["x-checksum-sha256"]
+    assert json.loads(body.content)["n_test"] == job["result"]["n_test"]
+    stream = c.get(f"/jobs/{job_id}/events").text
+    types = [json.loads(line[6:])["type"] for line in stream.splitlines() if line.startswith("data: {\"t\"")]
+    assert types[0] == "started" and "progress" in types and types[-1] == "done"
+    assert "event: end" in stream
+    assert [j["id"] for j in c.get("/jobs").json()] == [job_id]
+
+
+def test_bad_requests_get_clear_4xx_and_write_nothing(engine_proc, tmp_path):
+    c = engine_proc.client()
+    assert c.post("/jobs", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    r = c.post("/jobs", json={"kind": "nope", "params": {}})
+    assert r.status_code == 422 and "unknown job kind" in r.json()["detail"]
+    r = c.post("/jobs", json={"kind": "train_anomaly", "params": {"data": "x", "image_size": "big"}})
+    assert r.status_code == 422 and "image_size" in r.json()["detail"]
+    r = c.post("/jobs", json={"kind": "train_anomaly", "params": {"data": "x", "out": "/etc"}})
+    assert r.status_code == 422 and "params.out" in r.json()["detail"]
+    assert c.get("/jobs/doesnotexist").status_code == 404
+    assert c.get("/jobs").json() == []
+
+
+def test_artifact_names_cannot_escape_the_job_folder(engine_proc, trained_model, demo_data):
+    c = engine_proc.client()
+    job_id = c.post("/jobs", json={"kind": "eval", "params": {
+        "model": str(trained_model), "data": str(demo_data), "category": DEMO_CATEGORY}}).json()["id"]
+    wait_for(c, job_id, {"succeeded", "failed"})
+    for name in ("..%2F..%2Fengine.sqlite", "%2E%2E/%2E%2E/engine.sqlite", "..%2Fjob.json"):
+        r = c.get(f"/jobs/{job_id}/artifacts/{name}")
+        assert r.status_code in (400, 404), (name, r.status_code)
+        assert b"SQLite" not in r.content
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_training_fails_its_job_and_the_engine_keeps_serving(engine_proc, demo_data):
+    c = engine_proc.client()
+    job_id = c.post("/jobs", json={"kind": "train_anomaly", "params": {
+        "data": str(demo_data), "category": DEMO_CATEGORY, "device": "cpu"}}).json()["id"]
+    wait_for(c, job_id, {"running"})
+    events = engine_proc.data_dir / "jobs" / job_id / "events.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and '"progress"' not in (events.read_text() if events.exists() else ""):
+        time.sleep(0.2)
+    pid = json.loads(events.read_text().splitlines()[0])["pid"]
+    os.kill(pid, signal.SIGKILL)
+    job = wait_for(c, job_id, {"failed", "succeeded"})
+    assert job["state"] == "failed" and "signal 9" in job["error"], job
+    assert c.get("/health").status_code == 200
+    # a new job still runs
+    cancel_id = c.post("/jobs", json={"kind": "train_anomaly", "params": {
+        "data": str(demo_data), "category": DEMO_CATEGORY, "device": "cpu"}}).json()["id"]
+    wait_for(c, cancel_id, {"running"})
+    assert c.post(f"/jobs/{cancel_id}/cancel").json()["cancelling"] is True
+    assert wait_for(c, cancel_id, {"cancelled", "failed", "succeeded"}, timeout=60)["state"] == "cancelled"
+
+
+@pytest.mark.slow
+def test_engine_killed_mid_job_restarts_with_every_job_listed_and_none_stuck(tmp_path, trained_model, demo_data):
+    from engine.server.store import JobStore
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    eng = EngineProcess(tmp_path / "engine", token_file).start()
+    c = eng.client()
+    done_id = c.post("/jobs", json={"kind": "eval", "params": {
+        "model": str(trained_model), "data": str(demo_data), "category": DEMO_CATEGORY}}).json()["id"]
+    wait_for(c, done_id, {"succeeded"})
+    before = c.get(f"/jobs/{done_id}/artifacts").json()
+    run_id = c.post("/jobs", json={"kind": "train_anomaly", "params": {
+        "data": str(demo_data), "category": DEMO_CATEGORY, "device": "cpu"}}).json()["id"]
+    wait_for(c, run_id, {"running"})
+    eng.kill()
+    eng = EngineProcess(tmp_path / "engine", token_file)
+    eng.port = int(c.base_url.port)
+    eng.url = str(c.base_url).rstrip("/")
+    eng.start()
+    try:
+        c2 = eng.client()
+        jobs = {j["id"]: j for j in c2.get("/jobs").json()}
+        assert set(jobs) == {done_id, run_id}
+        assert jobs[done_id]["state"] == "succeeded"
+        assert jobs[run_id]["state"] == "failed" and "restarted" in jobs[run_id]["error"]
+        assert c2.get(f"/jobs/{done_id}/artifacts").json() == before  # finished artifacts intact (checksums)
+    finally:
+        eng.stop()
+    assert JobStore(tmp_path / "engine" / "engine.sqlite").integrity_ok()
+    # the orphaned worker noticed the engine was gone and stopped instead of training on for nobody
+    events = tmp_path / "engine" / "jobs" / run_id / "events.jsonl"
+    deadline = time.time() + 15
+    while time.time() < deadline and "engine went away" not in events.read_text():
+        time.sleep(0.2)
+    assert "engine went away" in events.read_text().splitlines()[-1]

@@ -16,6 +16,10 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported lazily at run time: `defectscope infer` must not pay for httpx
+    from engine.client import EngineClient
 
 EXIT_USER_ERROR = 2
 
@@ -138,6 +142,74 @@ def cmd_engine_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine_client(args: argparse.Namespace) -> EngineClient:
+    from engine.client import EngineClient
+    from engine.datasets.demo import default_data_home
+    from engine.errors import DefectScopeError
+
+    token = os.environ.get("DEFECTSCOPE_TOKEN")
+    token_file = Path(args.token_file) if args.token_file else default_data_home() / "engine" / "token"
+    if args.token_file or (token is None and token_file.is_file()):
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise DefectScopeError(f"{token_file}: cannot read the token file ({exc.strerror})") from None
+    return EngineClient(args.engine, token)
+
+
+def _parse_params(items: list[str], raw_json: str | None) -> dict:
+    from engine.errors import DefectScopeError
+
+    params: dict = {}
+    if raw_json:
+        try:
+            params = json.loads(raw_json)
+        except json.JSONDecodeError as exc:
+            raise DefectScopeError(f"--params: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DefectScopeError(f"--param '{item}': expected KEY=VALUE")
+        try:
+            params[key] = json.loads(value)  # numbers, booleans, lists; anything else stays a string
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _engine_client(args) as client:
+        action = args.jobs_command
+        if action == "submit":
+            job_id = client.submit(args.kind, _parse_params(args.param, args.params))
+            print(job_id)
+            if args.wait:
+                for ev in client.events(job_id):
+                    if ev["type"] == "progress":
+                        print(f"[{job_id}] {ev['value'] * 100:5.1f}% {ev['message']}", file=sys.stderr)
+                job = client.wait(job_id)
+                print(f"{job_id} {job['state']}" + (f": {job['error']}" if job["error"] else ""))
+                return 0 if job["state"] == "succeeded" else 1
+        elif action == "list":
+            for job in client.jobs():
+                print(f"{job['id']}  {job['kind']:14s} {job['state']:10s} {job['progress'] * 100:5.1f}%  {job['message']}")
+        elif action == "show":
+            print(json.dumps(client.job(args.id), indent=2))
+        elif action == "logs":
+            print(client.logs(args.id), end="")
+        elif action == "cancel":
+            client.cancel(args.id)
+            print(f"{args.id} cancelling")
+        elif action == "artifacts":
+            if args.download:
+                for path in client.download(args.id, Path(args.download)):
+                    print(path)
+            else:
+                for art in client.artifacts(args.id):
+                    print(f"{art['sha256']}  {art['size']:>10d}  {art['name']}")
+    return 0
+
+
 def _format_metrics(r: dict) -> str:
     def f(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f}"
@@ -211,6 +283,24 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--token-file", default=None, help="bearer token; required off loopback")
     srv.add_argument("--max-jobs", type=int, default=1, help="jobs running at once")
     srv.set_defaults(func=cmd_engine_serve)
+
+    jobs = sub.add_parser("jobs", help="submit and follow jobs on an engine")
+    jobs.add_argument("--engine", default="http://127.0.0.1:8765", help="engine URL")
+    jobs.add_argument("--token-file", default=None,
+                      help="bearer token file (default: $DEFECTSCOPE_TOKEN or the local engine's token)")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    js = jobs_sub.add_parser("submit", help="submit a job: KIND with --param key=value ...")
+    js.add_argument("kind")
+    js.add_argument("--param", action="append", default=[], help="KEY=VALUE (JSON values allowed)")
+    js.add_argument("--params", default=None, help="all parameters as one JSON object")
+    js.add_argument("--wait", action="store_true", help="follow progress until the job ends")
+    jobs_sub.add_parser("list", help="list jobs")
+    for name, text in (("show", "a job's state as JSON"), ("logs", "a job's log"), ("cancel", "cancel a job")):
+        jobs_sub.add_parser(name, help=text).add_argument("id")
+    ja = jobs_sub.add_parser("artifacts", help="list (or --download) a job's artifacts, checksums verified")
+    ja.add_argument("id")
+    ja.add_argument("--download", default=None, metavar="DIR")
+    jobs.set_defaults(func=cmd_jobs)
 
     demo = sub.add_parser("demo", help="generate the demo dataset, train, evaluate and write heatmaps")
     demo.add_argument("--category", default="washer")

@@ -197,3 +197,40 @@ def test_engine_killed_mid_job_restarts_with_every_job_listed_and_none_stuck(tmp
     while time.time() < deadline and "engine went away" not in events.read_text():
         time.sleep(0.2)
     assert "engine went away" in events.read_text().splitlines()[-1]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+
+
+def test_jobs_cli_submits_follows_and_downloads_verified_artifacts(engine_proc, trained_model, demo_data, tmp_path):
+    common = ["jobs", "--engine", engine_proc.url, "--token-file", str(engine_proc.token_file)]
+    proc = _cli(*common, "submit", "eval", "--param", f"model={trained_model}", "--param", f"data={demo_data}",
+                "--param", f"category={DEMO_CATEGORY}", "--wait")
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.split()[0]
+    assert f"{job_id} succeeded" in proc.stdout and "100.0%" in proc.stderr
+    listing = _cli(*common, "list")
+    assert job_id in listing.stdout and "succeeded" in listing.stdout
+    dl = _cli(*common, "artifacts", job_id, "--download", str(tmp_path / "dl"))
+    assert dl.returncode == 0, dl.stderr
+    assert json.loads((tmp_path / "dl" / "report.json").read_text())["n_test"] > 0
+    shown = json.loads(_cli(*common, "show", job_id).stdout)
+    assert shown["state"] == "succeeded"
+
+
+def test_jobs_cli_errors_are_one_clear_line(engine_proc, tmp_path):
+    bad_token = tmp_path / "bad"
+    bad_token.write_text("x" * 20)
+    for args, fragment in (
+        (["--engine", f"http://127.0.0.1:{_free_port()}", "list"], "unreachable"),
+        (["--engine", engine_proc.url, "--token-file", str(bad_token), "list"], "refused the token"),
+        (["--engine", engine_proc.url, "--token-file", str(engine_proc.token_file), "show", "nope"], "no job"),
+        (["--engine", engine_proc.url, "--token-file", str(engine_proc.token_file), "submit", "eval",
+          "--param", "model"], "KEY=VALUE"),
+    ):
+        proc = _cli("jobs", *args)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert fragment in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -1,0 +1,107 @@
+"""Client of the engine's HTTP API: what the CLI, the GUI and scripts use to reach training.
+
+Every failure is a DefectScopeError with one clear line: engine unreachable, token refused, a job or artifact
+that does not exist, or the engine's own message for a rejected request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from engine.errors import DefectScopeError
+
+FINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class EngineClient:
+    def __init__(self, url: str, token: str | None, timeout: float = 30.0, verify: bool | str = True) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=verify)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> EngineClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            r = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise DefectScopeError(f"engine at {self.url} is unreachable ({exc.__class__.__name__}: {exc})") from None
+        if r.status_code == 401:
+            raise DefectScopeError(f"engine at {self.url} refused the token (missing or wrong)")
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail", r.text)
+            except (ValueError, AttributeError):
+                detail = r.text
+            raise DefectScopeError(f"engine: {detail if isinstance(detail, str) else json.dumps(detail)}")
+        return r
+
+    def health(self) -> dict:
+        return self._request("GET", "/health").json()
+
+    def submit(self, kind: str, params: dict[str, Any]) -> str:
+        return self._request("POST", "/jobs", json={"kind": kind, "params": params}).json()["id"]
+
+    def jobs(self) -> list[dict]:
+        return self._request("GET", "/jobs").json()
+
+    def job(self, job_id: str) -> dict:
+        return self._request("GET", f"/jobs/{job_id}").json()
+
+    def logs(self, job_id: str) -> str:
+        return self._request("GET", f"/jobs/{job_id}/logs").text
+
+    def cancel(self, job_id: str) -> dict:
+        return self._request("POST", f"/jobs/{job_id}/cancel").json()
+
+    def artifacts(self, job_id: str) -> list[dict]:
+        return self._request("GET", f"/jobs/{job_id}/artifacts").json()
+
+    def download(self, job_id: str, dest: Path) -> list[Path]:
+        """Every artifact of a job into `dest`, each verified against the engine's SHA-256."""
+        written = []
+        for art in self.artifacts(job_id):
+            data = self._request("GET", f"/jobs/{job_id}/artifacts/{art['name']}").content
+            if hashlib.sha256(data).hexdigest() != art["sha256"]:
+                raise DefectScopeError(f"artifact {art['name']} of job {job_id}: checksum mismatch after download")
+            target = dest / art["name"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            written.append(target)
+        return written
+
+    def events(self, job_id: str) -> Iterator[dict]:
+        """The job's events as they happen (server-sent events), until the job ends."""
+        try:
+            with self._http.stream("GET", f"/jobs/{job_id}/events", timeout=None) as r:
+                if r.status_code >= 400:
+                    self._request("GET", f"/jobs/{job_id}")  # raises the clear error
+                for line in r.iter_lines():
+                    if line.startswith("data: {\"t\""):
+                        yield json.loads(line[6:])
+        except httpx.HTTPError as exc:
+            raise DefectScopeError(f"engine at {self.url}: event stream broke off ({exc})") from None
+
+    def wait(self, job_id: str, timeout: float = 3600.0, poll: float = 0.5) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["state"] in FINAL:
+                return job
+            if time.monotonic() > deadline:
+                raise DefectScopeError(f"job {job_id} still {job['state']} after {timeout:.0f} s")
+            time.sleep(poll)

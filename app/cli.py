@@ -138,7 +138,13 @@ def cmd_engine_serve(args: argparse.Namespace) -> int:
     from engine.server.serve import serve
 
     data_dir = Path(args.data_dir) if args.data_dir else default_data_home() / "engine"
-    serve(args.host, args.port, data_dir, Path(args.token_file) if args.token_file else None, args.max_jobs)
+    serve(
+        args.host, args.port, data_dir, Path(args.token_file) if args.token_file else None, args.max_jobs,
+        data_roots=[Path(r) for r in args.data_root] or None,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        tls_self_signed=args.tls_self_signed,
+    )
     return 0
 
 
@@ -154,7 +160,7 @@ def _engine_client(args: argparse.Namespace) -> EngineClient:
             token = token_file.read_text().strip()
         except OSError as exc:
             raise DefectScopeError(f"{token_file}: cannot read the token file ({exc.strerror})") from None
-    return EngineClient(args.engine, token)
+    return EngineClient(args.engine, token, verify=args.tls_ca or True)
 
 
 def _parse_params(items: list[str], raw_json: str | None) -> dict:
@@ -282,12 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--data-dir", default=None, help="jobs database and job folders (default: user data dir)")
     srv.add_argument("--token-file", default=None, help="bearer token; required off loopback")
     srv.add_argument("--max-jobs", type=int, default=1, help="jobs running at once")
+    srv.add_argument("--data-root", action="append", default=[],
+                     help="folder job inputs must lie in (repeatable; default: anywhere)")
+    srv.add_argument("--tls-cert", default=None)
+    srv.add_argument("--tls-key", default=None)
+    srv.add_argument("--tls-self-signed", action="store_true",
+                     help="serve HTTPS with a certificate generated into DATA_DIR/tls")
     srv.set_defaults(func=cmd_engine_serve)
 
     jobs = sub.add_parser("jobs", help="submit and follow jobs on an engine")
     jobs.add_argument("--engine", default="http://127.0.0.1:8765", help="engine URL")
     jobs.add_argument("--token-file", default=None,
                       help="bearer token file (default: $DEFECTSCOPE_TOKEN or the local engine's token)")
+    jobs.add_argument("--tls-ca", default=None, help="certificate to trust (e.g. the engine's self-signed cert.pem)")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
     js = jobs_sub.add_parser("submit", help="submit a job: KIND with --param key=value ...")
     js.add_argument("kind")

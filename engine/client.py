@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +23,14 @@ FINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 class EngineClient:
     def __init__(self, url: str, token: str | None, timeout: float = 30.0, verify: bool | str = True) -> None:
+        """verify: True (system CAs), or the path of a certificate to trust (an engine's self-signed cert.pem)."""
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if isinstance(verify, str):
+            try:
+                verify = ssl.create_default_context(cafile=verify)
+            except (OSError, ssl.SSLError) as exc:
+                raise DefectScopeError(f"{verify}: cannot load the certificate to trust ({exc})") from None
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=verify)
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -28,21 +29,22 @@ def _free_port() -> int:
 
 
 class EngineProcess:
-    def __init__(self, data_dir: Path, token_file: Path) -> None:
-        self.data_dir, self.token_file = data_dir, token_file
+    def __init__(self, data_dir: Path, token_file: Path, extra: tuple[str, ...] = (), scheme: str = "http") -> None:
+        self.data_dir, self.token_file, self.extra = data_dir, token_file, extra
         self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.verify: bool | ssl.SSLContext = True
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> EngineProcess:
         cmd = [sys.executable, "-m", "app.cli", "engine", "serve", "--port", str(self.port),
-               "--data-dir", str(self.data_dir), "--token-file", str(self.token_file)]
+               "--data-dir", str(self.data_dir), "--token-file", str(self.token_file), *self.extra]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env=dict(os.environ, PYTHONPATH=str(REPO)))
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/health", timeout=1, verify=self.verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.2)
@@ -63,7 +65,7 @@ class EngineProcess:
 
     def client(self, token: str | None = TOKEN) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, verify=self.verify)
 
 
 @pytest.fixture
@@ -234,3 +236,39 @@ def test_jobs_cli_errors_are_one_clear_line(engine_proc, tmp_path):
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         assert fragment in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_inputs_outside_the_data_roots_are_refused(tmp_path, trained_model, demo_data):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    eng = EngineProcess(tmp_path / "engine", token_file, ("--data-root", str(demo_data))).start()
+    try:
+        c = eng.client()
+        r = c.post("/jobs", json={"kind": "eval", "params": {"model": str(trained_model), "data": str(demo_data)}})
+        assert r.status_code == 422 and "params.model" in r.json()["detail"] and "data roots" in r.json()["detail"]
+        r = c.post("/jobs", json={"kind": "train_anomaly", "params": {"data": str(demo_data / ".." / "..")}})
+        assert r.status_code == 422 and "params.data" in r.json()["detail"]
+        assert c.get("/jobs").json() == []
+    finally:
+        eng.stop()
+
+
+def test_tls_with_a_generated_certificate_and_refusal_off_loopback_without_token(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    eng = EngineProcess(tmp_path / "engine", token_file, ("--tls-self-signed",), scheme="https")
+    eng.verify = False  # until the certificate exists; then pinned below
+    eng.start()
+    try:
+        cert = tmp_path / "engine" / "tls" / "cert.pem"
+        assert cert.is_file() and (tmp_path / "engine" / "tls" / "key.pem").stat().st_mode & 0o077 == 0
+        eng.verify = ssl.create_default_context(cafile=str(cert))
+        assert eng.client().get("/jobs").json() == []  # verified against the pinned certificate
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(eng.url + "/health", timeout=5)  # not trusted without the pin
+        proc = _cli("jobs", "--engine", eng.url, "--token-file", str(token_file), "--tls-ca", str(cert), "list")
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        eng.stop()
+    proc = _cli("engine", "serve", "--host", "0.0.0.0", "--port", str(_free_port()), "--data-dir", str(tmp_path / "e2"))
+    assert proc.returncode == 2 and "without --token-file" in proc.stderr

@@ -40,6 +40,7 @@ register_job_kind(
         description="Train a memory-bank anomaly model on good images and export it to ONNX",
         needs_torch=True,
         outputs={"out": "model"},
+        path_params=("data",),
     )
 )
 register_job_kind(
@@ -49,5 +50,6 @@ register_job_kind(
         params=EvalParams,
         description="Evaluate an exported model on a dataset's test split (ONNX Runtime)",
         outputs={"report": "report.json"},
+        path_params=("model", "data"),
     )
 )

@@ -27,6 +27,8 @@ class JobKind:
     needs_torch: bool = False
     # Parameters the engine fills with paths inside the job's artifacts folder (param name -> relative path).
     outputs: dict[str, str] = field(default_factory=dict)
+    # Parameters naming files or folders the job reads: the engine keeps them inside its allowed data roots.
+    path_params: tuple[str, ...] = ()
 
     def resolve(self) -> Callable[[BaseModel, Progress], dict]:
         module, func = self.entry.split(":")

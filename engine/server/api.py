@@ -29,9 +29,13 @@ class JobRequest(BaseModel, extra="forbid"):
 class Engine:
     """The engine's state: the job store and the executor, rooted in one data folder."""
 
-    def __init__(self, data_dir: Path, token: str, max_concurrent: int = 1) -> None:
+    def __init__(
+        self, data_dir: Path, token: str, max_concurrent: int = 1, data_roots: list[Path] | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.token = token
+        # None: any path (a local engine serving its own user); otherwise job inputs must lie inside these.
+        self.data_roots = [r.resolve() for r in data_roots] if data_roots else None
         self.store = JobStore(data_dir / "engine.sqlite")
         self.interrupted = self.store.fail_interrupted("engine restarted while the job was queued or running")
         self.executor = LocalExecutor(self.store, data_dir / "jobs", max_concurrent)
@@ -42,12 +46,24 @@ class Engine:
             if name in params:
                 raise DefectScopeError(f"params.{name}: set by the engine (outputs go to the job's artifacts)")
         validate_params(kind, {**params, **{n: "placeholder" for n in kind.outputs}})
+        self._check_paths(kind.path_params, params)
         record = self.store.create(kind.name, params)
         artifacts = self.executor.job_dir(record.id) / "artifacts"
         full = {**params, **{n: str(artifacts / rel) for n, rel in kind.outputs.items()}}
         self.store.update(record.id, params=full)
         self.executor.submit(record.id, kind.name, full)
         return record.id
+
+    def _check_paths(self, names: tuple[str, ...], params: dict[str, Any]) -> None:
+        if self.data_roots is None:
+            return
+        for name in names:
+            if name not in params or params[name] is None:
+                continue
+            path = Path(str(params[name])).resolve()
+            if not any(path.is_relative_to(root) for root in self.data_roots):
+                roots = ", ".join(str(r) for r in self.data_roots)
+                raise DefectScopeError(f"params.{name}: {params[name]} is outside the engine's data roots ({roots})")
 
     def artifacts_dir(self, job_id: str) -> Path:
         return self.executor.job_dir(job_id) / "artifacts"

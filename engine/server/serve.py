@@ -40,24 +40,46 @@ def load_or_create_token(data_dir: Path, token_file: Path | None) -> tuple[str, 
     return token, path
 
 
-def serve(host: str, port: int, data_dir: Path, token_file: Path | None, max_concurrent: int = 1) -> None:
+def serve(
+    host: str,
+    port: int,
+    data_dir: Path,
+    token_file: Path | None,
+    max_concurrent: int = 1,
+    data_roots: list[Path] | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    tls_self_signed: bool = False,
+) -> None:
     import uvicorn
 
     from engine.server.api import Engine, create_app
 
     if not is_loopback(host) and token_file is None:
         raise DefectScopeError(f"refusing to listen on non-loopback address {host} without --token-file")
+    if (tls_cert is None) != (tls_key is None):
+        raise DefectScopeError("--tls-cert and --tls-key go together")
+    for root in data_roots or []:
+        if not root.is_dir():
+            raise DefectScopeError(f"--data-root {root}: not a folder")
     data_dir.mkdir(parents=True, exist_ok=True)
     token, path = load_or_create_token(data_dir, token_file)
-    eng = Engine(data_dir, token, max_concurrent)
+    if tls_self_signed and tls_cert is None:
+        from engine.server.tls import self_signed_certificate
+
+        tls_cert, tls_key = self_signed_certificate(data_dir / "tls", host)
+    eng = Engine(data_dir, token, max_concurrent, data_roots)
     try:
         socket.getaddrinfo(host, port)
     except OSError as exc:
         raise DefectScopeError(f"cannot listen on {host}:{port} ({exc})") from None
-    print(f"DefectScope engine on http://{host}:{port} (data {data_dir}, token in {path})", flush=True)
+    scheme = "https" if tls_cert else "http"
+    print(f"DefectScope engine on {scheme}://{host}:{port} (data {data_dir}, token in {path}"
+          + (f", certificate {tls_cert})" if tls_cert else ")"), flush=True)
     if eng.interrupted:
         print(f"jobs interrupted by the last shutdown, marked failed: {', '.join(eng.interrupted)}", flush=True)
     try:
-        uvicorn.run(create_app(eng), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(eng), host=host, port=port, log_level="warning",
+                    ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None)
     finally:
         eng.executor.shutdown()

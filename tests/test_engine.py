@@ -272,3 +272,34 @@ def test_tls_with_a_generated_certificate_and_refusal_off_loopback_without_token
         eng.stop()
     proc = _cli("engine", "serve", "--host", "0.0.0.0", "--port", str(_free_port()), "--data-dir", str(tmp_path / "e2"))
     assert proc.returncode == 2 and "without --token-file" in proc.stderr
+
+
+def test_gpu_placement_limits_jobs_per_gpu_and_falls_back_to_cpu():
+    from engine.server.gpus import Gpu, GpuPool
+
+    pool = GpuPool([Gpu(0, "A", 80_000), Gpu(1, "B", 80_000)], jobs_per_gpu=1)
+    first, second = pool.acquire("cuda"), pool.acquire("auto")
+    assert {first.gpu.index, second.gpu.index} == {0, 1}
+    assert first.env() == {"CUDA_VISIBLE_DEVICES": str(first.gpu.index)}
+    assert pool.acquire("cuda") is None  # both GPUs busy: the job waits
+    assert pool.acquire("cpu").env() == {"CUDA_VISIBLE_DEVICES": ""}
+    pool.release(first)
+    assert pool.acquire("cuda").gpu.index == first.gpu.index
+    none = GpuPool([]).acquire("cuda")
+    assert none.device == "cpu" and "no GPU" in none.note
+
+
+def test_a_cuda_job_on_an_engine_without_gpu_runs_on_cpu_and_says_so(engine_proc, demo_data):
+    from engine.server.gpus import detect_gpus
+
+    if detect_gpus():
+        pytest.skip("this machine has a GPU: the CPU fallback is not what happens here")
+    c = engine_proc.client()
+    job_id = c.post("/jobs", json={"kind": "train_anomaly", "params": {
+        "data": str(demo_data), "category": DEMO_CATEGORY, "device": "cuda", "image_size": 128,
+        "bank_size": 256}}).json()["id"]
+    job = wait_for(c, job_id, {"succeeded", "failed"})
+    assert job["state"] == "succeeded", job
+    assert "no GPU on this engine: running on CPU" in job["placement"]
+    assert job["result"]["metadata"]["training"]["device"] == "cpu"
+    assert {a["name"] for a in c.get(f"/jobs/{job_id}/artifacts").json()} >= {"model/model.onnx", "model/model.json"}

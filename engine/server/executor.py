@@ -16,6 +16,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from engine.server.gpus import GpuPool, Placement, detect_gpus
 from engine.server.store import FINAL_STATES, JobStore
 from engine.worker import CANCEL_FILE, ENGINE_PID_ENV, EVENTS_FILE, JOB_FILE
 
@@ -30,8 +31,12 @@ def worker_command(job_dir: Path) -> list[str]:
 
 
 class LocalExecutor:
-    def __init__(self, store: JobStore, jobs_dir: Path, max_concurrent: int = 1) -> None:
+    def __init__(
+        self, store: JobStore, jobs_dir: Path, max_concurrent: int = 1, gpu_pool: GpuPool | None = None
+    ) -> None:
         self.store = store
+        self.gpus = gpu_pool if gpu_pool is not None else GpuPool(detect_gpus())
+        self._placements: dict[str, Placement] = {}
         self.jobs_dir = jobs_dir
         self.max_concurrent = max_concurrent
         self._queue: deque[str] = deque()
@@ -92,15 +97,25 @@ class LocalExecutor:
                 with self._lock:
                     if self._closed or not self._queue or len(self._procs) >= self.max_concurrent:
                         break
-                    job_id = self._queue.popleft()
+                    job_id = self._queue[0]
                     d = self.job_dir(job_id)
+                    spec = json.loads((d / JOB_FILE).read_text())
+                    placement = self.gpus.acquire(spec["params"].get("device", "auto"))
+                    if placement is None:  # every GPU is full: the job waits for one to free up
+                        break
+                    self._queue.popleft()
+                    if "device" in spec["params"]:
+                        spec["params"]["device"] = placement.device
+                        (d / JOB_FILE).write_text(json.dumps(spec))
                     log = (d / "log.txt").open("ab")
                     proc = subprocess.Popen(worker_command(d), stdout=log, stderr=subprocess.STDOUT,
                                             env={**os.environ, "PYTHONUNBUFFERED": "1",
-                                                 ENGINE_PID_ENV: str(os.getpid())})
+                                                 ENGINE_PID_ENV: str(os.getpid()), **placement.env()})
                     log.close()
                     self._procs[job_id] = proc
-                self.store.update(job_id, state="running", started=time.time(), message="started")
+                    self._placements[job_id] = placement
+                self.store.update(job_id, state="running", started=time.time(), message=placement.note,
+                                  placement=placement.note)
                 threading.Thread(target=self._monitor, args=(job_id, proc), daemon=True).start()
 
     def _monitor(self, job_id: str, proc: subprocess.Popen) -> None:
@@ -124,6 +139,9 @@ class LocalExecutor:
                 self.store.update(job_id, state="failed", error=reason, finished=time.time(), message=reason)
         with self._lock:
             self._procs.pop(job_id, None)
+            placement = self._placements.pop(job_id, None)
+        if placement is not None:
+            self.gpus.release(placement)
         self._wake.set()
 
     def _apply_events(self, job_id: str, path: Path, offset: int, final: str | None) -> tuple[int, str | None]:

@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     created REAL NOT NULL,
     started REAL,
-    finished REAL
+    finished REAL,
+    placement TEXT
 )
 """
 
@@ -44,6 +45,7 @@ class JobRecord:
     created: float
     started: float | None
     finished: float | None
+    placement: str | None  # where it runs: "running on GPU 0 (...)", or the CPU fallback note
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,8 +111,8 @@ class JobStore:
 
 
 def _record(row: tuple) -> JobRecord:
-    (job_id, kind, params, state, progress, message, error, result, created, started, finished) = row
+    (job_id, kind, params, state, progress, message, error, result, created, started, finished, placement) = row
     return JobRecord(
         job_id, kind, json.loads(params), state, progress, message, error,
-        json.loads(result) if result else None, created, started, finished,
+        json.loads(result) if result else None, created, started, finished, placement,
     )

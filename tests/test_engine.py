@@ -303,3 +303,63 @@ def test_a_cuda_job_on_an_engine_without_gpu_runs_on_cpu_and_says_so(engine_proc
     assert "no GPU on this engine: running on CPU" in job["placement"]
     assert job["result"]["metadata"]["training"]["device"] == "cpu"
     assert {a["name"] for a in c.get(f"/jobs/{job_id}/artifacts").json()} >= {"model/model.onnx", "model/model.json"}
+
+
+def _zip(path: Path, members: dict[str, bytes], symlink: str | None = None) -> bytes:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (0o120777 << 16)
+            zf.writestr(info, "/etc/passwd")
+    return path.read_bytes()
+
+
+def test_dataset_upload_extracts_safely_and_refuses_malicious_archives(engine_proc, demo_data, tmp_path):
+    c = engine_proc.client()
+    members = {f"ds/{DEMO_CATEGORY}/train/good/{p.name}": p.read_bytes()
+               for p in sorted((demo_data / DEMO_CATEGORY / "train" / "good").glob("*.png"))[:3]}
+    r = c.post("/uploads", content=_zip(tmp_path / "ok.zip", members))
+    assert r.status_code == 200, r.text
+    folder = Path(r.json()["path"])
+    assert folder.is_relative_to(engine_proc.data_dir / "uploads")
+    assert sorted(p.name for p in (folder / "ds" / DEMO_CATEGORY / "train" / "good").iterdir()) == sorted(
+        Path(m).name for m in members)
+    bad = {
+        "slip.zip": ({"ok.txt": b"x", "../../escaped.txt": b"evil"}, None, "../../escaped.txt"),
+        "abs.zip": ({"/tmp/defectscope_abs_escape.txt": b"evil"}, None, "/tmp/defectscope_abs_escape.txt"),
+        "link.zip": ({"a.txt": b"x"}, "link_to_passwd", "symbolic links"),
+    }
+    for name, (content, link, fragment) in bad.items():
+        r = c.post("/uploads", content=_zip(tmp_path / name, content, link))
+        assert r.status_code == 400 and fragment in r.json()["detail"], (name, r.text)
+    r = c.post("/uploads", content=b"definitely not a zip")
+    assert r.status_code == 400 and "not a zip" in r.json()["detail"]
+    assert not (engine_proc.data_dir / "escaped.txt").exists() and not (engine_proc.data_dir.parent / "escaped.txt").exists()
+    assert not Path("/tmp/defectscope_abs_escape.txt").exists()
+    assert [p.name for p in (engine_proc.data_dir / "uploads").iterdir()] == [folder.name]  # nothing half-written
+
+
+def test_upload_size_limits(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from engine.server.api import Engine, create_app
+    from engine.server.uploads import UploadLimits
+
+    eng = Engine(tmp_path / "engine", TOKEN)
+    eng.upload_limits = UploadLimits(max_archive_bytes=50_000, max_member_bytes=1_000, max_total_bytes=3_000)
+    try:
+        client = TestClient(create_app(eng), headers={"Authorization": f"Bearer {TOKEN}"})
+        r = client.post("/uploads", content=_zip(tmp_path / "big_member.zip", {"big.bin": b"\0" * 5_000}))
+        assert r.status_code == 400 and "big.bin" in r.json()["detail"]
+        many = {f"f{i}.bin": b"\1" * 900 for i in range(5)}
+        r = client.post("/uploads", content=_zip(tmp_path / "bomb.zip", many))
+        assert r.status_code == 400 and "unpacks to more than" in r.json()["detail"]
+        r = client.post("/uploads", content=b"\0" * 60_000)
+        assert r.status_code == 413
+        assert [p for p in (tmp_path / "engine" / "uploads").iterdir()] == []
+    finally:
+        eng.executor.shutdown()

@@ -6,10 +6,11 @@ import asyncio
 import hashlib
 import hmac
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -18,6 +19,7 @@ from engine.errors import DefectScopeError
 from engine.jobs.registry import get_job_kind, validate_params
 from engine.server.executor import LocalExecutor, is_final
 from engine.server.store import JobStore
+from engine.server.uploads import UploadError, UploadLimits, extract_upload
 from engine.worker import EVENTS_FILE
 
 
@@ -39,6 +41,10 @@ class Engine:
         self.store = JobStore(data_dir / "engine.sqlite")
         self.interrupted = self.store.fail_interrupted("engine restarted while the job was queued or running")
         self.executor = LocalExecutor(self.store, data_dir / "jobs", max_concurrent)
+        self.uploads_dir = data_dir / "uploads"
+        self.upload_limits = UploadLimits()
+        if self.data_roots is not None:
+            self.data_roots.append(self.uploads_dir.resolve())  # uploaded datasets are always usable
 
     def submit(self, kind_name: str, params: dict[str, Any]) -> str:
         kind = get_job_kind(kind_name)
@@ -139,6 +145,26 @@ def create_app(eng: Engine) -> FastAPI:
                 await asyncio.sleep(0.25)
 
         return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @app.post("/uploads", dependencies=[Depends(auth)])
+    async def upload(request: Request) -> dict:
+        """A zip archive as the request body -> a folder on the engine to pass as a job's `data`."""
+        eng.uploads_dir.mkdir(parents=True, exist_ok=True)
+        tmp = eng.uploads_dir / f".incoming-{uuid.uuid4().hex}"
+        size = 0
+        try:
+            with tmp.open("wb") as fh:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > eng.upload_limits.max_archive_bytes:
+                        raise HTTPException(413, f"upload larger than {eng.upload_limits.max_archive_bytes} bytes")
+                    fh.write(chunk)
+            upload_id, folder = await asyncio.to_thread(extract_upload, tmp, eng.uploads_dir, eng.upload_limits)
+        except UploadError as exc:
+            raise HTTPException(400, str(exc)) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return {"id": upload_id, "path": str(folder)}
 
     @app.get("/jobs/{job_id}/artifacts", dependencies=[Depends(auth)])
     def artifacts(job_id: str) -> list[dict]:

@@ -44,6 +44,9 @@ def run(job_dir: Path) -> int:
     from engine.jobs import run_job
 
     spec = json.loads((job_dir / JOB_FILE).read_text())
+    if hasattr(os, "nice"):
+        # Jobs saturate the CPU; the engine's API (and the GUI talking to it) must stay responsive meanwhile.
+        os.nice(10)
     events = EventWriter(job_dir / EVENTS_FILE)
     events.emit("started", pid=os.getpid())
     stop = threading.Event()

@@ -127,20 +127,26 @@ def create_app(eng: Engine) -> FastAPI:
         job_or_404(job_id)
         path = eng.executor.job_dir(job_id) / EVENTS_FILE
 
+        def read_from(offset: int) -> tuple[bytes, str | None]:
+            data = b""
+            if path.exists():
+                with path.open("rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read()
+            rec = eng.store.get(job_id)
+            return data, rec.state if rec else None
+
         async def stream():
             offset = 0
             while True:
-                if path.exists():
-                    with path.open("rb") as fh:
-                        fh.seek(offset)
-                        data = fh.read()
-                    lines = data.split(b"\n")
-                    for raw in lines[:-1]:
-                        yield f"data: {raw.decode()}\n\n"
-                    offset += len(data) - len(lines[-1])
-                rec = eng.store.get(job_id)
-                if rec is None or is_final(rec.state):
-                    yield f"event: end\ndata: {json.dumps({'state': rec.state if rec else None})}\n\n"
+                # File and database reads block: keep them off the event loop that serves every other client.
+                data, state = await asyncio.to_thread(read_from, offset)
+                lines = data.split(b"\n")
+                for raw in lines[:-1]:
+                    yield f"data: {raw.decode()}\n\n"
+                offset += len(data) - len(lines[-1])
+                if state is None or is_final(state):
+                    yield f"event: end\ndata: {json.dumps({'state': state})}\n\n"
                     return
                 await asyncio.sleep(0.25)
 

@@ -20,6 +20,10 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: make the benchmarks package importable
+
+from benchmarks.results_md import replace_section  # noqa: E402
+
 SHARED = REPO.parent / "shared" / "data"
 
 SETS = {
@@ -159,15 +163,7 @@ def write_results(path: Path, rows: list[dict], image_size: int) -> None:
         per = ", ".join(f"{k} {v['recall']:.2f} ({v['n']})" for k, v in sorted(r["per_defect_type"].items()))
         lines.append(f"- {r['set']} recall per defect type at the model's own threshold: {per}")
     section = "\n".join(lines) + "\n"
-    marker_start, marker_end = "<!-- anomaly-benchmark:start -->", "<!-- anomaly-benchmark:end -->"
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    block = f"{marker_start}\n{section}{marker_end}"
-    if marker_start in text:
-        head, rest = text.split(marker_start, 1)
-        text = head + block + rest.split(marker_end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    replace_section(path, "anomaly-benchmark", section)
 
 
 if __name__ == "__main__":

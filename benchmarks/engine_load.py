@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.anomaly_benchmark import machine_info  # noqa: E402
+from benchmarks.results_md import replace_section  # noqa: E402
 
 
 def free_port() -> int:
@@ -163,15 +164,7 @@ def write_results(path: Path, r: dict) -> None:
         f"| {r['requests']} | {len(r['failures'])} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} "
         f"| {r['wall_s']:.0f} | {', '.join(f'{k} {v}' for k, v in r['states'].items())} |\n"
     )
-    start, end = "<!-- engine-load:start -->", "<!-- engine-load:end -->"
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    block = f"{start}\n{section}{end}"
-    if start in text:
-        head, rest = text.split(start, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    replace_section(path, "engine-load", section)
 
 
 if __name__ == "__main__":

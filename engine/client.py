@@ -17,8 +17,7 @@ from typing import Any
 import httpx
 
 from engine.errors import DefectScopeError
-
-FINAL = frozenset({"succeeded", "failed", "cancelled"})
+from engine.server.store import FINAL_STATES
 
 
 class EngineClient:
@@ -107,7 +106,7 @@ class EngineClient:
         deadline = time.monotonic() + timeout
         while True:
             job = self.job(job_id)
-            if job["state"] in FINAL:
+            if job["state"] in FINAL_STATES:
                 return job
             if time.monotonic() > deadline:
                 raise DefectScopeError(f"job {job_id} still {job['state']} after {timeout:.0f} s")

@@ -32,8 +32,6 @@ def evaluate(
     dataset = load_dataset(data_root, category=category)
     # The same automatic split as training, for datasets without one (never tests on trained-on images).
     tests = [s for s in resolve_splits(dataset.samples) if s.split == "test" and s.label in (GOOD, DEFECTIVE)]
-    if category is not None:
-        tests = [s for s in tests if s.category in (None, category)]
     if not tests:
         what = f"category '{category}'" if category else "the dataset"
         raise DatasetError(f"{data_root}: no labelled test images for {what} (test split is empty)")

@@ -23,6 +23,20 @@ HEARTBEAT_S = 2.0
 ENGINE_PID_ENV = "DEFECTSCOPE_ENGINE_PID"
 
 
+def read_new_events(path: Path, offset: int) -> tuple[list[dict], int]:
+    """Events appended to `path` since byte `offset`, and the new offset.
+
+    A half-written last line (the worker is mid-write) is left for the next call.
+    """
+    if not path.exists():
+        return [], offset
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        data = fh.read()
+    *complete, rest = data.split(b"\n")
+    return [json.loads(raw) for raw in complete], offset + len(data) - len(rest)
+
+
 class JobCancelled(Exception):
     pass
 

@@ -20,7 +20,7 @@ from engine.jobs.registry import get_job_kind, validate_params
 from engine.server.executor import LocalExecutor, is_final
 from engine.server.store import JobStore
 from engine.server.uploads import UploadError, UploadLimits, extract_upload
-from engine.worker import EVENTS_FILE
+from engine.worker import EVENTS_FILE, read_new_events
 
 
 class JobRequest(BaseModel, extra="forbid"):
@@ -127,24 +127,18 @@ def create_app(eng: Engine) -> FastAPI:
         job_or_404(job_id)
         path = eng.executor.job_dir(job_id) / EVENTS_FILE
 
-        def read_from(offset: int) -> tuple[bytes, str | None]:
-            data = b""
-            if path.exists():
-                with path.open("rb") as fh:
-                    fh.seek(offset)
-                    data = fh.read()
+        def read_from(offset: int) -> tuple[list[dict], int, str | None]:
+            events, offset = read_new_events(path, offset)
             rec = eng.store.get(job_id)
-            return data, rec.state if rec else None
+            return events, offset, rec.state if rec else None
 
         async def stream():
             offset = 0
             while True:
                 # File and database reads block: keep them off the event loop that serves every other client.
-                data, state = await asyncio.to_thread(read_from, offset)
-                lines = data.split(b"\n")
-                for raw in lines[:-1]:
-                    yield f"data: {raw.decode()}\n\n"
-                offset += len(data) - len(lines[-1])
+                events, offset, state = await asyncio.to_thread(read_from, offset)
+                for ev in events:
+                    yield f"data: {json.dumps(ev)}\n\n"
                 if state is None or is_final(state):
                     yield f"event: end\ndata: {json.dumps({'state': state})}\n\n"
                     return

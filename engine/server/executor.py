@@ -18,7 +18,7 @@ from pathlib import Path
 
 from engine.server.gpus import GpuPool, Placement, detect_gpus
 from engine.server.store import FINAL_STATES, JobStore
-from engine.worker import CANCEL_FILE, ENGINE_PID_ENV, EVENTS_FILE, JOB_FILE
+from engine.worker import CANCEL_FILE, ENGINE_PID_ENV, EVENTS_FILE, JOB_FILE, read_new_events
 
 CANCEL_GRACE_S = 5.0
 
@@ -145,15 +145,8 @@ class LocalExecutor:
         self._wake.set()
 
     def _apply_events(self, job_id: str, path: Path, offset: int, final: str | None) -> tuple[int, str | None]:
-        if not path.exists():
-            return offset, final
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            data = fh.read()
-        lines = data.split(b"\n")
-        complete, rest = lines[:-1], lines[-1]  # a half-written last line is read next time
-        for raw in complete:
-            ev = json.loads(raw)
+        events, offset = read_new_events(path, offset)
+        for ev in events:
             kind = ev["type"]
             if kind == "progress":
                 self.store.update(job_id, progress=ev["value"], message=ev["message"])
@@ -168,7 +161,7 @@ class LocalExecutor:
             elif kind == "cancelled":
                 self.store.update(job_id, state="cancelled", finished=time.time(), message="cancelled")
                 final = "cancelled"
-        return offset + len(data) - len(rest), final
+        return offset, final
 
 
 def is_final(state: str) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,12 +17,11 @@ from engine.datasets import GOOD, Sample, load_dataset
 from engine.datasets.imageio import read_image
 from engine.datasets.splits import resolve_splits
 from engine.errors import DatasetError, DefectScopeError
+from engine.jobs.registry import Progress
 from trainers.common.onnx_graph import preprocess_model
 from trainers.patchcore.coreset import greedy_coreset
 from trainers.patchcore.export import METADATA_FILE, atomic_write, export_model
 from trainers.patchcore.model import PatchCoreModel, PatchFeatures, ScaleBranch
-
-Progress = Callable[[float, str], None]
 
 
 @dataclass
@@ -99,8 +97,6 @@ def train_anomaly(
     dataset = load_dataset(data_root, category=category)
     samples = resolve_splits(dataset.samples)
     goods = [s for s in samples if s.split == "train" and s.label == GOOD]
-    if category is not None:
-        goods = [s for s in goods if s.category in (None, category)]
     if not goods:
         what = f"category '{category}'" if category else "the dataset"
         raise DatasetError(f"{data_root}: {what} has no good training images (train/good or good/ is empty)")

@@ -1,0 +1,1 @@
+"""The Qt workbench (PySide6 + pyqtgraph). Only this package imports Qt."""

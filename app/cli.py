@@ -144,6 +144,8 @@ def cmd_engine_serve(args: argparse.Namespace) -> int:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         tls_self_signed=args.tls_self_signed,
+        ray_address=args.ray_address,
+        ray_token_file=Path(args.ray_token_file) if args.ray_token_file else None,
     )
     return 0
 
@@ -294,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--tls-key", default=None)
     srv.add_argument("--tls-self-signed", action="store_true",
                      help="serve HTTPS with a certificate generated into DATA_DIR/tls")
+    srv.add_argument("--ray-address", default=None,
+                     help="run jobs on this existing Ray cluster (host:port of its head) instead of locally")
+    srv.add_argument("--ray-token-file", default=None,
+                     help="token of a Ray cluster started with RAY_AUTH_MODE=token")
     srv.set_defaults(func=cmd_engine_serve)
 
     jobs = sub.add_parser("jobs", help="submit and follow jobs on an engine")

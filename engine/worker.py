@@ -2,12 +2,16 @@
 
 Started by the engine as `python -m engine.worker JOB_DIR` (or the frozen app's hidden `_worker` subcommand), so
 a crash, a leak or a kill takes down only this process. Events: started, progress(value, message), heartbeat,
-done(result), failed(error, traceback), cancelled. Cancel is cooperative first: the engine creates
-JOB_DIR/cancel and the next progress report stops the job; SIGTERM and SIGKILL follow if it does not.
+log(stream, line), artifact(name, size, sha256), done(result), failed(error, traceback), cancelled. Cancel is
+cooperative first: the engine creates JOB_DIR/cancel and the next progress report stops the job; SIGTERM and
+SIGKILL follow if it does not. A job whose job.json names the "ray" executor runs on a Ray cluster instead, with
+this process as its driver (engine.cluster.driver).
 """
 
 from __future__ import annotations
 
+import importlib
+import io
 import json
 import os
 import sys
@@ -15,6 +19,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Any, TextIO
 
 JOB_FILE = "job.json"
 EVENTS_FILE = "events.jsonl"
@@ -53,10 +58,79 @@ class EventWriter:
             self._fh.flush()
 
 
-def run(job_dir: Path) -> int:
+class LogTee(io.TextIOBase):
+    """stdout/stderr of the job, each line sent as a `log` event (and still written to `original`, e.g. log.txt).
+
+    `events` is anything with `emit(type, **data)`: the event file here, the relay channel on a cluster node.
+    """
+
+    def __init__(self, events: Any, stream: str, original: TextIO | None) -> None:
+        self.events = events
+        self.stream = stream
+        self.original = original
+        self._buf = ""
+
+    def write(self, text: str) -> int:
+        if self.original is not None:
+            self.original.write(text)
+        self._buf += text
+        *lines, self._buf = self._buf.split("\n")
+        for line in lines:
+            if line.strip():
+                self.events.emit("log", stream=self.stream, line=line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.original is not None:
+            self.original.flush()
+
+
+def emit_artifacts(events: EventWriter, artifacts: Path) -> None:
+    from engine.checksums import sha256_file
+
+    for path in sorted(p for p in artifacts.rglob("*") if p.is_file()):
+        events.emit("artifact", name=path.relative_to(artifacts).as_posix(), size=path.stat().st_size,
+                    sha256=sha256_file(path))
+
+
+def run_local(job_dir: Path, spec: dict, events: EventWriter) -> int:
+    """The job in this process: the embedded executor's way."""
     from engine.errors import DefectScopeError
     from engine.jobs import run_job
 
+    def progress(value: float, message: str) -> None:
+        if (job_dir / CANCEL_FILE).exists():
+            raise JobCancelled
+        events.emit("progress", value=round(float(value), 4), message=message)
+
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = LogTee(events, "stdout", sys.stdout), LogTee(events, "stderr", sys.stderr)
+    try:
+        result = run_job(spec["kind"], spec["params"], progress)
+    except JobCancelled:
+        events.emit("cancelled")
+        return 0
+    except DefectScopeError as exc:
+        events.emit("failed", error=str(exc), traceback=None)
+        return 2
+    except BaseException as exc:  # report everything, including MemoryError, before the process dies
+        events.emit("failed", error=f"{exc.__class__.__name__}: {exc}", traceback=traceback.format_exc())
+        return 1
+    finally:
+        sys.stdout, sys.stderr = saved
+    emit_artifacts(events, job_dir / "artifacts")
+    events.emit("done", result=result)
+    return 0
+
+
+# How a job runs, by the executor named in its job.json; modules import lazily (Ray only when used).
+RUNNERS: dict[str, str] = {
+    "local": "engine.worker:run_local",
+    "ray": "engine.cluster.driver:run_on_ray",
+}
+
+
+def run(job_dir: Path) -> int:
     spec = json.loads((job_dir / JOB_FILE).read_text())
     if hasattr(os, "nice"):
         # Jobs saturate the CPU; the engine's API (and the GUI talking to it) must stay responsive meanwhile.
@@ -77,27 +151,11 @@ def run(job_dir: Path) -> int:
             events.emit("heartbeat")
 
     threading.Thread(target=heartbeat, daemon=True).start()
-
-    def progress(value: float, message: str) -> None:
-        if (job_dir / CANCEL_FILE).exists():
-            raise JobCancelled
-        events.emit("progress", value=round(float(value), 4), message=message)
-
+    module, func = RUNNERS[spec.get("executor", {}).get("kind", "local")].split(":")
     try:
-        result = run_job(spec["kind"], spec["params"], progress)
-    except JobCancelled:
-        events.emit("cancelled")
-        return 0
-    except DefectScopeError as exc:
-        events.emit("failed", error=str(exc), traceback=None)
-        return 2
-    except BaseException as exc:  # report everything, including MemoryError, before the process dies
-        events.emit("failed", error=f"{exc.__class__.__name__}: {exc}", traceback=traceback.format_exc())
-        return 1
+        return getattr(importlib.import_module(module), func)(job_dir, spec, events)
     finally:
         stop.set()
-    events.emit("done", result=result)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

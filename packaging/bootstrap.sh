@@ -62,7 +62,7 @@ setup_venv() {
   "$venv/bin/python" -m pip install -q --upgrade pip
   # torch first, pinned: an open range with no torch installed pulls a multi-GB CUDA build.
   "$venv/bin/python" -m pip install -q "torch==2.13.0"
-  "$venv/bin/python" -m pip install -q -e ".[train,gui,3d,packaging,dev]"
+  "$venv/bin/python" -m pip install -q -e ".[train,gui,3d,cluster,packaging,dev]"
   echo "$want" >"$stamp"
 }
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import json
 import uuid
@@ -15,9 +14,10 @@ from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 import engine
+from engine.checksums import sha256_file
 from engine.errors import DefectScopeError
 from engine.jobs.registry import get_job_kind, validate_params
-from engine.server.executor import LocalExecutor, is_final
+from engine.server.executor import LocalExecutor, RayExecutor, is_final
 from engine.server.store import JobStore
 from engine.server.uploads import UploadError, UploadLimits, extract_upload
 from engine.worker import EVENTS_FILE, read_new_events
@@ -32,7 +32,8 @@ class Engine:
     """The engine's state: the job store and the executor, rooted in one data folder."""
 
     def __init__(
-        self, data_dir: Path, token: str, max_concurrent: int = 1, data_roots: list[Path] | None = None
+        self, data_dir: Path, token: str, max_concurrent: int = 1, data_roots: list[Path] | None = None,
+        ray_address: str | None = None, ray_token: str | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.token = token
@@ -40,7 +41,10 @@ class Engine:
         self.data_roots = [r.resolve() for r in data_roots] if data_roots else None
         self.store = JobStore(data_dir / "engine.sqlite")
         self.interrupted = self.store.fail_interrupted("engine restarted while the job was queued or running")
-        self.executor = LocalExecutor(self.store, data_dir / "jobs", max_concurrent)
+        self.executor: LocalExecutor = (
+            RayExecutor(self.store, data_dir / "jobs", ray_address, ray_token, max_concurrent) if ray_address
+            else LocalExecutor(self.store, data_dir / "jobs", max_concurrent)
+        )
         self.uploads_dir = data_dir / "uploads"
         self.upload_limits = UploadLimits()
         if self.data_roots is not None:
@@ -92,7 +96,8 @@ def create_app(eng: Engine) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "version": engine.__version__}
+        executor = f"ray {eng.executor.address}" if isinstance(eng.executor, RayExecutor) else "local"
+        return {"status": "ok", "version": engine.__version__, "executor": executor}
 
     @app.post("/jobs", dependencies=[Depends(auth)])
     def submit(req: JobRequest) -> dict:
@@ -171,7 +176,7 @@ def create_app(eng: Engine) -> FastAPI:
         job_or_404(job_id)
         root = eng.artifacts_dir(job_id)
         files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-        return [{"name": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": _sha256(p)}
+        return [{"name": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
                 for p in files]
 
     @app.get("/jobs/{job_id}/artifacts/{name:path}", dependencies=[Depends(auth)])
@@ -183,14 +188,7 @@ def create_app(eng: Engine) -> FastAPI:
         path = (root / name).resolve()
         if not path.is_relative_to(root) or not path.is_file():
             raise HTTPException(404, f"no artifact '{name}'")
-        return FileResponse(path, headers={"X-Checksum-SHA256": _sha256(path)})
+        return FileResponse(path, headers={"X-Checksum-SHA256": sha256_file(path)})
 
     return app
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

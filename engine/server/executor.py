@@ -80,6 +80,16 @@ class LocalExecutor:
         for p in procs:
             p.terminate()
 
+    def place(self, spec: dict) -> Placement | None:
+        """Where the job runs (None: wait); may rewrite the spec the worker reads."""
+        placement = self.gpus.acquire(spec["params"].get("device", "auto"))
+        if placement is not None and "device" in spec["params"]:
+            spec["params"]["device"] = placement.device
+        return placement
+
+    def worker_env(self, placement: Placement) -> dict[str, str]:
+        return placement.env()
+
     def _escalate(self, job_id: str, proc: subprocess.Popen) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
@@ -100,17 +110,15 @@ class LocalExecutor:
                     job_id = self._queue[0]
                     d = self.job_dir(job_id)
                     spec = json.loads((d / JOB_FILE).read_text())
-                    placement = self.gpus.acquire(spec["params"].get("device", "auto"))
+                    placement = self.place(spec)
                     if placement is None:  # every GPU is full: the job waits for one to free up
                         break
                     self._queue.popleft()
-                    if "device" in spec["params"]:
-                        spec["params"]["device"] = placement.device
-                        (d / JOB_FILE).write_text(json.dumps(spec))
+                    (d / JOB_FILE).write_text(json.dumps(spec))
                     log = (d / "log.txt").open("ab")
                     proc = subprocess.Popen(worker_command(d), stdout=log, stderr=subprocess.STDOUT,
                                             env={**os.environ, "PYTHONUNBUFFERED": "1",
-                                                 ENGINE_PID_ENV: str(os.getpid()), **placement.env()})
+                                                 ENGINE_PID_ENV: str(os.getpid()), **self.worker_env(placement)})
                     log.close()
                     self._procs[job_id] = proc
                     self._placements[job_id] = placement
@@ -162,6 +170,31 @@ class LocalExecutor:
                 self.store.update(job_id, state="cancelled", finished=time.time(), message="cancelled")
                 final = "cancelled"
         return offset, final
+
+
+class RayExecutor(LocalExecutor):
+    """Jobs on an existing Ray cluster: each job's worker process is its driver (engine.cluster.driver).
+
+    Ray schedules GPUs across the cluster, so the engine's own GPU pool is not consulted; `max_concurrent` bounds
+    how many jobs the engine keeps in flight on the cluster.
+    """
+
+    def __init__(
+        self, store: JobStore, jobs_dir: Path, address: str, token: str | None = None, max_concurrent: int = 4,
+        num_cpus: float = 1,
+    ) -> None:
+        self.address = address
+        self.token = token
+        self.num_cpus = num_cpus
+        super().__init__(store, jobs_dir, max_concurrent, GpuPool([]))
+
+    def place(self, spec: dict) -> Placement | None:
+        spec["executor"] = {"kind": "ray", "address": self.address, "num_cpus": self.num_cpus}
+        return Placement(spec["params"].get("device", "auto"), None, f"submitted to the Ray cluster at {self.address}")
+
+    def worker_env(self, placement: Placement) -> dict[str, str]:
+        # The driver must see the engine's GPUs as irrelevant and the cluster's token, nothing else.
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token} if self.token else {}
 
 
 def is_final(state: str) -> bool:

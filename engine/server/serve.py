@@ -50,6 +50,8 @@ def serve(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     tls_self_signed: bool = False,
+    ray_address: str | None = None,
+    ray_token_file: Path | None = None,
 ) -> None:
     import uvicorn
 
@@ -68,14 +70,28 @@ def serve(
         from engine.server.tls import self_signed_certificate
 
         tls_cert, tls_key = self_signed_certificate(data_dir / "tls", host)
-    eng = Engine(data_dir, token, max_concurrent, data_roots)
+    ray_token = None
+    if ray_token_file is not None:
+        if ray_address is None:
+            raise DefectScopeError("--ray-token-file needs --ray-address")
+        try:
+            ray_token = ray_token_file.read_text().strip()
+        except OSError as exc:
+            raise DefectScopeError(f"{ray_token_file}: cannot read the Ray token file ({exc.strerror})") from None
+    if ray_address is not None:
+        try:
+            import ray  # noqa: F401  (only to fail now, not at the first job)
+        except ImportError:
+            raise DefectScopeError("--ray-address needs Ray: pip install 'defectscope[cluster]'") from None
+    eng = Engine(data_dir, token, max_concurrent, data_roots, ray_address, ray_token)
     try:
         socket.getaddrinfo(host, port)
     except OSError as exc:
         raise DefectScopeError(f"cannot listen on {host}:{port} ({exc})") from None
     scheme = "https" if tls_cert else "http"
     print(f"DefectScope engine on {scheme}://{host}:{port} (data {data_dir}, token in {path}"
-          + (f", certificate {tls_cert})" if tls_cert else ")"), flush=True)
+          + (f", certificate {tls_cert}" if tls_cert else "")
+          + (f", jobs on the Ray cluster at {ray_address}" if ray_address else "") + ")", flush=True)
     if eng.interrupted:
         print(f"jobs interrupted by the last shutdown, marked failed: {', '.join(eng.interrupted)}", flush=True)
     try:

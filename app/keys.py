@@ -1,19 +1,5 @@
-"""One stable key per image, shared by the browser, the review store and inference results."""
+"""One stable key per image (defined in the engine, which writes predictions under the same keys)."""
 
-from __future__ import annotations
+from engine.datasets.keys import sample_key
 
-from pathlib import Path
-
-from engine.datasets.types import Sample
-
-
-def sample_key(root: str | Path, sample: Sample | str | Path) -> str:
-    """The image's path relative to the dataset root, with forward slashes (absolute when outside the root).
-
-    Relative keys keep decisions valid when a dataset folder is moved or opened from another drive.
-    """
-    path = Path(sample.image_path if isinstance(sample, Sample) else sample)
-    try:
-        return path.resolve().relative_to(Path(root).resolve()).as_posix()
-    except ValueError:
-        return path.resolve().as_posix()
+__all__ = ["sample_key"]

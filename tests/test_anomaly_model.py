@@ -177,3 +177,25 @@ def test_two_scale_model_exports_with_parity(demo_data, tmp_path):
     assert abs(pred.score - float(t_score[0])) < 1e-4
     with pytest.raises(Exception, match="scales"):
         run_job("train_anomaly", {"data": str(demo_data), "out": str(tmp_path / "x"), "scales": [3]})
+
+
+def test_score_dataset_job_scores_every_image_with_maps_under_browser_keys(trained_model, demo_data, tmp_path):
+    """The GUI's "score dataset" job: same scores as the model itself, keyed by path relative to the root."""
+    from engine.datasets.keys import sample_key
+    from engine.jobs import run_job
+    from engine.runtime import AnomalyModel
+
+    seen: list[float] = []
+    result = run_job("score_dataset", {"model": str(trained_model), "data": str(demo_data), "category": "washer",
+                                       "splits": ["test"], "out": str(tmp_path / "pred"), "device": "cpu"},
+                     lambda f, _m: seen.append(f))
+    with open(result["scores"]) as fh:
+        summary = json.load(fh)
+    test = [s for s in load_dataset(demo_data, category="washer").samples if s.split == "test"]
+    assert summary["n_scored"] == len(test) == result["n_scored"] and seen[-1] == 1.0
+    model = AnomalyModel(trained_model, device="cpu")
+    for sample in test[:3] + test[-3:]:
+        item = summary["items"][sample_key(demo_data, sample)]
+        assert abs(item["score"] - model.predict_path(sample.image_path).score) < 1e-5
+        amap = np.load(tmp_path / "pred" / item["map"])
+        assert amap.dtype == np.float16 and max(amap.shape) <= 256 and item["label"] == sample.label

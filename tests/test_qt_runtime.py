@@ -22,3 +22,11 @@ def test_signal_emits_do_not_leak_references_to_true():
     for _ in range(300):
         e.fired.emit()
     assert sys.getrefcount(True) >= before - 10
+
+
+def test_process_events_does_not_leak_references_to_none(qapp):
+    # Same 6.12.0 family: each static processEvents() dropped a reference to None (abort after ~5,000 calls).
+    before = sys.getrefcount(None)
+    for _ in range(300):
+        qapp.processEvents()
+    assert sys.getrefcount(None) >= before - 10

@@ -53,3 +53,25 @@ register_job_kind(
         path_params=("model", "data"),
     )
 )
+
+
+class ScoreDatasetParams(BaseModel, extra="forbid"):
+    model: str = Field(description="exported model directory")
+    data: str = Field(description="dataset root")
+    category: str | None = None
+    splits: list[Literal["train", "validation", "test", "unspecified"]] | None = Field(
+        default=None, description="only these splits (default: every image)")
+    out: str = Field(description="folder for scores.json and maps/")
+    device: Device = "auto"
+
+
+register_job_kind(
+    JobKind(
+        name="score_dataset",
+        entry="engine.score_dataset:score_dataset_job",
+        params=ScoreDatasetParams,
+        description="Score every image of a dataset and keep its anomaly map (what the GUI browses)",
+        outputs={"out": "predictions"},
+        path_params=("model", "data"),
+    )
+)

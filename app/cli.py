@@ -133,6 +133,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gui(args: argparse.Namespace) -> int:
+    from engine.errors import DefectScopeError
+
+    try:
+        from app.gui.main import GuiOptions, run_gui
+    except ImportError as exc:
+        raise DefectScopeError(f"the GUI needs the gui extra (pip install 'defectscope[gui]'): {exc}") from None
+    for name in ("dataset", "model"):
+        value = getattr(args, name)
+        if value is not None and not Path(value).is_dir():
+            raise DefectScopeError(f"--{name} {value}: no such folder")
+    return run_gui(GuiOptions(
+        dataset=Path(args.dataset) if args.dataset else None, category=args.category,
+        model=Path(args.model) if args.model else None, score=args.score, demo=args.demo,
+        screenshot=Path(args.screenshot) if args.screenshot else None, quit_after_ms=args.quit_after_ms,
+        engine=not args.no_engine,
+    ))
+
+
 def cmd_engine_serve(args: argparse.Namespace) -> int:
     from engine.datasets.demo import default_data_home
     from engine.server.serve import serve
@@ -326,6 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--home", default=None, help="data folder (default: $DEFECTSCOPE_HOME or the user data dir)")
     demo.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     demo.set_defaults(func=cmd_demo)
+
+    gui = sub.add_parser("gui", help="open the workbench")
+    gui.add_argument("--dataset", default=None, help="dataset folder to open")
+    gui.add_argument("--category", default=None)
+    gui.add_argument("--demo", action="store_true",
+                     help="open the demo dataset; train a demo model through the engine if none exists; score it")
+    gui.add_argument("--model", default=None, help="model folder to activate")
+    gui.add_argument("--score", action="store_true", help="score the dataset with --model once it is open")
+    gui.add_argument("--screenshot", default=None, help="save the window as PNG (before quitting, with --quit-after-ms)")
+    gui.add_argument("--quit-after-ms", type=int, default=None, help="quit after N ms (scripts and tests)")
+    gui.add_argument("--no-engine", action="store_true", help="do not start or connect to an engine")
+    gui.set_defaults(func=cmd_gui)
     return p
 
 

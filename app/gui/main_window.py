@@ -1,0 +1,474 @@
+"""The workbench's main window: browser | image view | review panel, with jobs, models and metrics docked below.
+
+Everything slow happens elsewhere: datasets load and masks decode on the task pool, thumbnails and images on
+their own pools, scoring and training in the engine (reached only through EngineLink). The GUI thread only
+moves small results into widgets.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QByteArray, QSettings, Qt, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QDockWidget,
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.gui.browser import BrowserWidget
+from app.gui.engine_link import EngineLink, EngineSettings, load_settings, save_settings
+from app.gui.image_view import ImageView
+from app.gui.job_dialog import EngineSettingsDialog, EvalDialog, TrainDialog
+from app.gui.jobs_panel import JobsPanel
+from app.gui.metrics_view import MetricsView
+from app.gui.models_panel import ModelsPanel
+from app.gui.predictions import Predictions
+from app.gui.review_panel import ReviewPanel
+from app.gui.tasks import TaskRunner
+from app.keys import sample_key
+from app.review.store import ReviewStore, ReviewStoreError, store_for_dataset
+from app.review.threshold import ScoreSet
+from engine.datasets import load_dataset
+from engine.datasets.demo import default_data_home, ensure_demo_dataset
+from engine.datasets.imageio import read_mask
+from engine.datasets.types import Dataset, Sample
+
+DEMO_CATEGORY = "washer"
+BANNER_STYLE = {
+    "error": "background:#c62828; color:white; padding:6px; font-weight:bold;",
+    "info": "background:#1565c0; color:white; padding:6px;",
+}
+ENGINE_COLOURS = {"connected": "#2e7d32", "starting": "#ef8f00", "stopped": "#757575",
+                  "unreachable": "#c62828", "unauthorized": "#c62828"}
+
+
+class MainWindow(QMainWindow):
+    dataset_loaded = Signal(str)  # root
+    predictions_loaded = Signal(int)  # images scored
+    status_message = Signal(str)
+
+    def __init__(self, link: EngineLink | None = None) -> None:
+        super().__init__()
+        self.setWindowTitle("DefectScope")
+        self.resize(1500, 950)
+        self.tasks = TaskRunner(threads=2, parent=self)
+        self.link = link if link is not None else EngineLink(self)
+        self.dataset: Dataset | None = None
+        self.samples: dict[str, Sample] = {}
+        self.store: ReviewStore | None = None
+        self.predictions: Predictions | None = None
+        self.score_set: ScoreSet | None = None
+        self.model_dir: Path | None = None
+        self.model_threshold = 0.5
+        self._pending_score_jobs: set[str] = set()
+        self._shown_key: str | None = None
+
+        self.banner = QLabel()
+        self.banner.setWordWrap(True)
+        self.banner.hide()
+        self.browser = BrowserWidget()
+        self.image_view = ImageView()
+        self.review = ReviewPanel()
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(self.browser)
+        splitter.addWidget(self.image_view)
+        splitter.addWidget(self.review)
+        splitter.setSizes([430, 800, 300])
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.banner)
+        layout.addWidget(splitter, 1)
+        self.setCentralWidget(central)
+
+        self.jobs_panel = JobsPanel(self.link)
+        self.models_panel = ModelsPanel(self.link)
+        self.metrics_view = MetricsView()
+        docks = [self._dock("Jobs", self.jobs_panel), self._dock("Models", self.models_panel),
+                 self._dock("Metrics", self.metrics_view)]
+        for d in docks:
+            self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, d)
+        self.tabifyDockWidget(docks[0], docks[1])
+        self.tabifyDockWidget(docks[1], docks[2])
+        docks[0].raise_()
+        self.resizeDocks([docks[0]], [260], Qt.Orientation.Vertical)
+
+        self.engine_label = QLabel()
+        self.model_label = QLabel("no model")
+        self.statusBar().addPermanentWidget(self.model_label)
+        self.statusBar().addPermanentWidget(self.engine_label)
+        self.status_message.connect(lambda m: self.statusBar().showMessage(m, 8000))
+        self._build_menus()
+        self._build_shortcuts()
+
+        self.browser.current_changed.connect(self._on_current_changed)
+        self.review.verdict_requested.connect(self.set_verdict)
+        self.review.note_changed.connect(self._on_note)
+        self.review.threshold_changed.connect(self.set_threshold)
+        self.metrics_view.threshold_changed.connect(self.set_threshold)
+        self.image_view.load_failed.connect(lambda _k, reason: self.status_message.emit(reason))
+        self.link.status_changed.connect(self._on_engine_status)
+        self.link.job_finished.connect(self._on_job_finished)
+        self.models_panel.model_activated.connect(self.set_model)
+        self.review.set_threshold(self.model_threshold)
+        self._on_engine_status(self.link.state, "")
+        geometry = self._settings().value("window/geometry")
+        if isinstance(geometry, QByteArray):
+            self.restoreGeometry(geometry)
+
+    # ----------------------------------------------------------------- construction
+    def _dock(self, title: str, widget: QWidget) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(title)
+        dock.setWidget(widget)
+        return dock
+
+    @staticmethod
+    def _settings() -> QSettings:
+        return QSettings(str(default_data_home() / "gui.ini"), QSettings.Format.IniFormat)
+
+    def _action(self, menu, text: str, slot, shortcut: str | None = None) -> QAction:
+        act = QAction(text, self)
+        if shortcut:
+            act.setShortcut(QKeySequence(shortcut))
+        act.triggered.connect(slot)
+        menu.addAction(act)
+        return act
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        f = bar.addMenu("&File")
+        self._action(f, "&Open dataset folder…", self.choose_dataset, "Ctrl+O")
+        self._action(f, "Open &demo dataset", self.open_demo)
+        f.addSeparator()
+        self._action(f, "&Export decisions as CSV…", self.choose_export_csv, "Ctrl+E")
+        self._action(f, "Save &screenshot…", self.choose_screenshot)
+        f.addSeparator()
+        self._action(f, "&Quit", self.close, "Ctrl+Q")
+        m = bar.addMenu("&Model")
+        self._action(m, "&Score dataset with the active model", self.score_dataset, "Ctrl+R")
+        self._action(m, "Use model &folder…", self.choose_model)
+        m.addSeparator()
+        self._action(m, "&Train…", self.open_train_dialog, "Ctrl+T")
+        self._action(m, "&Evaluate…", self.open_eval_dialog)
+        e = bar.addMenu("&Engine")
+        self._action(e, "Engine &settings…", self.open_engine_settings)
+        self._action(e, "&Reconnect", lambda: self.link.start(load_settings()))
+
+    def _build_shortcuts(self) -> None:
+        # Window-wide keys; text fields swallow their own keys first (Qt's ShortcutOverride), so typing a note
+        # containing "o" or "n" never sets a verdict.
+        keys = {"O": "ok", "1": "ok", "N": "ng", "2": "ng", "U": "unsure", "3": "unsure", "Backspace": None}
+        for key, verdict in keys.items():
+            QShortcut(QKeySequence(key), self, activated=lambda v=verdict: self.set_verdict(v))
+        for key in ("Right", "Down", "Space", "J"):
+            QShortcut(QKeySequence(key), self, activated=self.next_image)
+        for key in ("Left", "Up", "K"):
+            QShortcut(QKeySequence(key), self, activated=self.previous_image)
+        QShortcut(QKeySequence("F"), self, activated=self.image_view.fit)
+        QShortcut(QKeySequence("H"), self, activated=lambda: self.image_view.set_overlay_visible(
+            "heatmap", not self.image_view.is_overlay_visible("heatmap")))
+
+    # ----------------------------------------------------------------- datasets
+    def choose_dataset(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open dataset folder")
+        if folder:
+            self.open_dataset(Path(folder))
+
+    def open_demo(self) -> None:
+        self.status_message.emit("Preparing the demo dataset…")
+        self.tasks.run(ensure_demo_dataset, lambda root: self.open_dataset(Path(root) / DEMO_CATEGORY),
+                       self.show_error)
+
+    def open_dataset(self, root: Path, category: str | None = None) -> None:
+        """Load off the GUI thread (headers only); the browser fills when it is done."""
+        root = Path(root)
+        self.status_message.emit(f"Opening {root}…")
+        started = time.perf_counter()
+        self.tasks.run(lambda: load_dataset(root, category=category),
+                       lambda ds: self._on_dataset(ds, time.perf_counter() - started),
+                       lambda msg: self.show_error(f"Cannot open {root}: {msg}"))
+
+    def _on_dataset(self, ds: Dataset, seconds: float) -> None:
+        self.review.flush_note()
+        try:
+            store = ReviewStore(store_for_dataset(ds.root))
+        except ReviewStoreError as exc:
+            self.show_error(str(exc))
+            return
+        if self.store is not None:
+            self.store.close()
+        self.store = store
+        self.dataset = ds
+        self.samples = {sample_key(ds.root, s): s for s in ds.samples}
+        self.predictions = None
+        self.score_set = None
+        self._shown_key = None
+        self.browser.set_dataset(ds.root, ds.samples, ds.issues)
+        self.browser.model.set_verdicts({k: d.verdict for k, d in store.latest().items()})
+        self.metrics_view.set_results({}, {}, {})
+        self.review.show_impact(None)
+        self.setWindowTitle(f"DefectScope — {ds.root}")
+        issues = f", {len(ds.issues)} files with problems (marked !)" if ds.issues else ""
+        self.status_message.emit(f"{len(ds.samples)} images ({ds.format}) in {seconds:.1f} s{issues}")
+        self.hide_banner_if("dataset")
+        if self.browser.visible_keys():
+            self.browser.select_key(self.browser.visible_keys()[0])
+        self.dataset_loaded.emit(str(ds.root))
+        self._maybe_load_predictions_for_model()
+
+    # ----------------------------------------------------------------- navigation and review
+    def next_image(self) -> None:
+        self.browser.select_next()
+
+    def previous_image(self) -> None:
+        self.browser.select_previous()
+
+    def current_key(self) -> str | None:
+        return self.browser.current_key()
+
+    def _on_current_changed(self, key: str) -> None:
+        self.review.flush_note()
+        self._shown_key = key or None
+        row = self.browser.model.row_for_key(key) if key else -1
+        if row < 0:
+            self.image_view.clear()
+            return
+        # Rows for files the reader could not take (corrupt images) are not dataset samples but still open, so
+        # the view can say what is wrong with them.
+        sample = self.samples.get(key) or self.browser.model.sample_at(row)
+        self.image_view.load(sample.image_path, key)
+        self.image_view.set_annotations(sample.boxes, sample.polygons, self.dataset.class_names if self.dataset else ())
+        self._show_heatmap(key)
+        truth = sample.label + (f" ({sample.defect_type})" if sample.defect_type and sample.label != "good" else "")
+        score = self.predictions.scores.get(key) if self.predictions else None
+        self.review.show_image(key, f"{truth}, {sample.split}", score, self.review.threshold())
+        self._show_decision(key)
+        if sample.mask_path is not None:
+            path = sample.mask_path
+            self.tasks.run(lambda: read_mask(path), lambda m, k=key: self._on_mask(k, m),
+                           lambda msg: self.status_message.emit(f"mask: {msg}"))
+        else:
+            self.image_view.set_mask(None)
+
+    def _on_mask(self, key: str, mask: np.ndarray) -> None:
+        if key == self._shown_key:  # the user may have moved on while it decoded
+            self.image_view.set_mask(mask)
+
+    def _show_heatmap(self, key: str) -> None:
+        amap = self.predictions.anomaly_map(key) if self.predictions else None
+        self.image_view.set_heatmap(amap)
+        self.image_view.set_threshold(self.review.threshold())
+
+    def _show_decision(self, key: str) -> None:
+        if self.store is None:
+            return
+        history = self.store.history(key)
+        self.review.show_decision(history[-1] if history else None, history)
+
+    def set_verdict(self, verdict: str | None) -> None:
+        key = self.current_key()
+        if key is None or self.store is None:
+            return
+        self.review.flush_note()
+        score = self.predictions.scores.get(key) if self.predictions else None
+        self.store.set_verdict(key, verdict, score=score, threshold=self.review.threshold() if score else None)
+        self.browser.model.set_verdict(key, verdict)
+        self._show_decision(key)
+        if verdict is not None and self.review.advance_check.isChecked():
+            self.next_image()
+
+    def _on_note(self, text: str) -> None:
+        key = self._shown_key
+        if key is None or self.store is None:
+            return
+        self.store.set_note(key, text)
+        self._show_decision(key)
+
+    def choose_export_csv(self) -> None:
+        if self.store is None:
+            self.show_error("Open a dataset first: decisions belong to a dataset.")
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export decisions", "decisions.csv", "CSV (*.csv)")
+        if path:
+            n = self.store.export_csv(Path(path))
+            self.status_message.emit(f"{n} decisions written to {path}")
+
+    # ----------------------------------------------------------------- threshold and metrics
+    def set_threshold(self, value: float) -> None:
+        self.review.set_threshold(value)
+        self.metrics_view.set_threshold(value)
+        self.image_view.set_threshold(value)
+        key = self._shown_key
+        if key is not None and self.predictions is not None:
+            self.review.show_score(self.predictions.scores.get(key), value)
+        self.review.show_impact(self.score_set.impact(value, self.model_threshold) if self.score_set else None)
+
+    # ----------------------------------------------------------------- models and predictions
+    def choose_model(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Model folder (with model.onnx and model.json)")
+        if folder:
+            self.models_panel.add_model_dir(Path(folder))
+            self.set_model(Path(folder))
+
+    def set_model(self, model_dir: Path) -> None:
+        model_dir = Path(model_dir)
+        if not (model_dir / "model.onnx").is_file():
+            self.show_error(f"{model_dir}: not a DefectScope model (no model.onnx)")
+            return
+        self.model_dir = model_dir
+        self.model_label.setText(f"model: {model_dir.parent.name}/{model_dir.name}")
+        self.status_message.emit(f"Active model {model_dir}. Model ▸ Score dataset (Ctrl+R) runs it on every image.")
+        self._maybe_load_predictions_for_model()
+
+    def _maybe_load_predictions_for_model(self) -> None:
+        """Predictions this model already made for this dataset (a finished score job) come back at once."""
+        if self.model_dir is None or self.dataset is None:
+            return
+        folder = _predictions_cache(self.model_dir, self.dataset.root)
+        if (folder / "scores.json").is_file():
+            self.load_predictions(folder)
+
+    def score_dataset(self) -> None:
+        if self.dataset is None or self.model_dir is None:
+            self.show_error("Open a dataset and choose a model (Models panel or Model ▸ Use model folder) first.")
+            return
+        params = {"model": str(self.model_dir), "data": str(self.dataset.root)}
+        self.link.submit("score_dataset", params, on_done=self._pending_score_jobs.add,
+                         on_error=lambda msg: self.show_error(f"Scoring could not start: {msg}"))
+        self.status_message.emit("Scoring submitted to the engine (see Jobs).")
+
+    def _on_job_finished(self, job: dict) -> None:
+        if job.get("id") in self._pending_score_jobs:
+            self._pending_score_jobs.discard(job["id"])
+            if job.get("state") == "succeeded":
+                self.link.fetch_artifact_dir(job, "predictions", self.load_predictions,
+                                             lambda msg: self.show_error(f"Cannot fetch the scores: {msg}"))
+            elif job.get("state") == "failed":
+                self.show_error(f"Scoring failed: {job.get('error')}")
+        elif job.get("kind") == "train_anomaly" and job.get("state") == "succeeded":
+            self.status_message.emit("Training finished: the model is in the Models panel.")
+
+    def load_predictions(self, folder: Path) -> None:
+        self.tasks.run(lambda: Predictions.load(Path(folder)), self._on_predictions,
+                       lambda msg: self.show_error(msg))
+
+    def _on_predictions(self, preds: Predictions) -> None:
+        if self.dataset is None:
+            return
+        scores = {k: v for k, v in preds.scores.items() if k in self.samples}
+        if not scores:
+            self.show_error(f"The scores in {preds.folder} are for another dataset than {self.dataset.root}.")
+            return
+        self.predictions = preds
+        if self.model_dir is not None:
+            _remember_predictions(self.model_dir, self.dataset.root, preds.folder)
+        self.model_threshold = preds.threshold
+        labels = {k: self.samples[k].label for k in scores}
+        defect_types = {k: self.samples[k].defect_type for k in scores}
+        self.score_set = ScoreSet(scores, labels, defect_types)
+        self.browser.model.set_scores(scores)
+        self.browser.set_sort_mode("score")
+        self.metrics_view.set_results(scores, labels, defect_types)
+        self.metrics_view.set_reference_threshold(preds.threshold)
+        values = list(scores.values())
+        self.review.set_range(float(np.floor(min(values) * 10) / 10), float(np.ceil(max(values) * 10) / 10))
+        self.set_threshold(preds.threshold)
+        if self._shown_key:
+            self._show_heatmap(self._shown_key)
+            self.review.show_score(scores.get(self._shown_key), self.review.threshold())
+        self.status_message.emit(f"{len(scores)} images scored; sorted by score, highest first.")
+        self.predictions_loaded.emit(len(scores))
+
+    # ----------------------------------------------------------------- jobs
+    def open_train_dialog(self) -> None:
+        root = self.dataset.root if self.dataset else None
+        dialog = TrainDialog(root, self.dataset.categories if self.dataset else [], self)
+        if dialog.exec():
+            self.link.submit("train_anomaly", dialog.params(), on_error=lambda m: self.show_error(f"Training: {m}"))
+
+    def open_eval_dialog(self) -> None:
+        dialog = EvalDialog(self.model_dir, self.dataset.root if self.dataset else None,
+                            self.dataset.categories if self.dataset else [], self)
+        if dialog.exec():
+            self.link.submit("eval", dialog.params(), on_error=lambda m: self.show_error(f"Evaluation: {m}"))
+
+    def open_engine_settings(self) -> None:
+        dialog = EngineSettingsDialog(load_settings(), self)
+        if dialog.exec():
+            settings: EngineSettings = dialog.settings()
+            save_settings(settings)
+            self.link.stop()
+            self.link.start(settings)
+
+    def _on_engine_status(self, state: str, detail: str) -> None:
+        where = "local" if self.link.is_local else self.link.url
+        colour = ENGINE_COLOURS.get(state, "#757575")
+        self.engine_label.setText(f"<span style='color:{colour}'>●</span> engine {state} ({where})")
+        self.engine_label.setToolTip(detail)
+        if state in ("unreachable", "unauthorized"):
+            self.show_banner(f"Engine {state}: {detail or where}. Jobs wait until it is back "
+                             "(Engine ▸ Settings to change it).", "error", tag="engine")
+        else:
+            self.hide_banner_if("engine")
+
+    # ----------------------------------------------------------------- messages
+    def show_banner(self, text: str, kind: str = "error", tag: str = "") -> None:
+        self.banner.setStyleSheet(BANNER_STYLE[kind])
+        self.banner.setText(text)
+        self.banner.setProperty("tag", tag)
+        self.banner.show()
+
+    def hide_banner_if(self, tag: str) -> None:
+        if self.banner.property("tag") == tag:
+            self.banner.hide()
+
+    def show_error(self, text: str) -> None:
+        """A readable message, never a traceback; also in the status bar for scripts and screenshots."""
+        self.status_message.emit(text)
+        self.show_banner(text, "error", tag="dataset")
+
+    def choose_screenshot(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save screenshot", "defectscope.png", "PNG (*.png)")
+        if path:
+            self.grab().save(path)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.review.flush_note()
+        self._settings().setValue("window/geometry", self.saveGeometry())
+        if self.store is not None:
+            self.store.close()
+        self.browser.cache.close()
+        self.link.stop()
+        self.tasks.wait(5000)
+        super().closeEvent(event)
+
+    def confirm(self, text: str) -> bool:
+        return QMessageBox.question(self, "DefectScope", text) == QMessageBox.StandardButton.Yes
+
+
+def _predictions_index() -> QSettings:
+    return QSettings(str(default_data_home() / "predictions.ini"), QSettings.Format.IniFormat)
+
+
+def _index_key(model_dir: Path, data_root: Path) -> str:
+    import hashlib
+
+    return hashlib.sha1(f"{Path(model_dir).resolve()}|{Path(data_root).resolve()}".encode()).hexdigest()[:20]
+
+
+def _predictions_cache(model_dir: Path, data_root: Path) -> Path:
+    return Path(str(_predictions_index().value(_index_key(model_dir, data_root), "") or "/nonexistent"))
+
+
+def _remember_predictions(model_dir: Path, data_root: Path, folder: Path) -> None:
+    _predictions_index().setValue(_index_key(model_dir, data_root), str(folder))

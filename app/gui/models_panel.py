@@ -1,0 +1,284 @@
+"""The models panel: models trained by the engine, plus model folders the user added from disk.
+
+Engine models come from succeeded train_anomaly jobs (kept in sync with `EngineLink.jobs_changed`); using one
+goes through `EngineLink.fetch_model`, which is the job's own folder with a local engine and a verified
+download with a remote one. Added folders are remembered in the GUI's ini file. Reading a folder's model.json
+happens off the GUI thread (the folder may sit on a slow network share).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor, QFont
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.gui.engine_link import EngineLink, gui_settings, read_model_metadata, run_in_background
+
+FOLDERS_KEY = "models/folders"  # a JSON list: QSettings turns a one-element list into a plain string in ini
+TRAIN_KIND = "train_anomaly"
+KindRole = int(Qt.ItemDataRole.UserRole) + 1  # "job" | "folder"
+PayloadRole = int(Qt.ItemDataRole.UserRole) + 2  # the job dict, or the folder path as str
+ERROR_COLOR = QColor(200, 30, 30)
+
+
+def describe_metadata(meta: dict) -> str:
+    """A tooltip from model.json: what the model is and how it was trained."""
+    tr = meta.get("training") or {}
+    rows = [
+        ("category", meta.get("category") or "(all)"),
+        ("backbone", meta.get("backbone")),
+        ("image size", meta.get("input_size")),
+        ("resize", meta.get("resize")),
+        ("scales", ", ".join(str(s) for s in meta.get("scales") or []) or None),
+        ("memory bank", f"{tr['bank_size']} × {tr.get('feature_dim', '?')}" if "bank_size" in tr else None),
+        ("trained on", f"{tr['n_train_images']} images" if "n_train_images" in tr else None),
+        ("device", tr.get("device")),
+        ("training time", f"{tr['seconds_total']:.1f} s" if isinstance(tr.get("seconds_total"), (int, float))
+         else None),
+        ("dataset", meta.get("dataset_root")),
+        ("created", meta.get("created")),
+        ("version", meta.get("defectscope_version")),
+    ]
+    return "\n".join(f"{name}: {value}" for name, value in rows if value not in (None, ""))
+
+
+class ModelsPanel(QWidget):
+    """Models to use for inference and review. `model_activated(Path)` carries a local folder with model.onnx."""
+
+    model_activated = Signal(Path)
+
+    def __init__(self, link: EngineLink, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._link = link
+        self._active: Path | None = None
+        self._job_items: dict[str, QTreeWidgetItem] = {}
+        self._folder_items: dict[str, QTreeWidgetItem] = {}
+
+        self.tree = QTreeWidget()
+        self.tree.setHeaderHidden(True)
+        self.tree.setRootIsDecorated(True)
+        self.tree.setUniformRowHeights(True)
+        self._engine_group = QTreeWidgetItem(self.tree, ["Trained by the engine"])
+        self._folder_group = QTreeWidgetItem(self.tree, ["Model folders"])
+        for group in (self._engine_group, self._folder_group):
+            group.setFlags(Qt.ItemFlag.ItemIsEnabled)  # headings: not selectable, not usable
+            font = group.font(0)
+            font.setBold(True)
+            group.setFont(0, font)
+            group.setExpanded(True)
+
+        self.use_button = QPushButton("Use")
+        self.use_button.setToolTip("Use the selected model (downloads it first from a remote engine)")
+        self.use_button.setEnabled(False)
+        self.add_button = QPushButton("Add model folder…")
+        self.add_button.setToolTip("Register a folder holding model.onnx and model.json")
+        self.remove_button = QPushButton("Remove folder")
+        self.remove_button.setToolTip("Forget the selected model folder (nothing is deleted on disk)")
+        self.remove_button.setEnabled(False)
+        self.message_label = QLabel()
+        self.message_label.setWordWrap(True)
+
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.use_button)
+        buttons.addWidget(self.add_button)
+        buttons.addWidget(self.remove_button)
+        buttons.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.tree)
+        layout.addLayout(buttons)
+        layout.addWidget(self.message_label)
+
+        self.use_button.clicked.connect(self.use_selected)
+        self.add_button.clicked.connect(self._browse)
+        self.remove_button.clicked.connect(self._remove_selected)
+        self.tree.itemActivated.connect(lambda item, _col: self._use(item))
+        self.tree.itemSelectionChanged.connect(self._update_buttons)
+        link.jobs_changed.connect(self._on_jobs)
+
+        for folder in self._load_folders():
+            self._add_folder_item(Path(folder))
+        self._on_jobs(link.jobs)
+        self._update_titles()
+
+    # ----------------------------------------------------------------------------------------- public
+
+    def models(self) -> list[Path]:
+        """Model folders known on this computer: added folders, and engine models whose folder is local
+        (a local engine's job folders, or remote models already downloaded)."""
+        paths: list[Path] = []
+        for item in self._job_items.values():
+            known = self._link.known_artifact_dir(item.data(0, PayloadRole))
+            if known is not None:
+                paths.append(known)
+        paths.extend(Path(p) for p in self._folder_items)
+        return paths
+
+    def add_model_dir(self, path: Path | str) -> None:
+        """Register a model folder (remembered across sessions); its model.json is read in the background."""
+        path = Path(path).expanduser().absolute()
+        if str(path) in self._folder_items:
+            self._select(self._folder_items[str(path)])
+            return
+        item = self._add_folder_item(path)
+        self._save_folders()
+        self._select(item)
+
+    @property
+    def active_model(self) -> Path | None:
+        return self._active
+
+    def activate_row(self, row: int) -> None:
+        """Use the row-th model as listed: engine models (newest first), then added folders."""
+        items = [*(self._engine_group.child(i) for i in range(self._engine_group.childCount())),
+                 *(self._folder_group.child(i) for i in range(self._folder_group.childCount()))]
+        if not 0 <= row < len(items):
+            raise IndexError(f"no model in row {row} ({len(items)} listed)")
+        self._select(items[row])
+        self._use(items[row])
+
+    def use_selected(self) -> None:
+        items = self.tree.selectedItems()
+        if items:
+            self._use(items[0])
+
+    # ----------------------------------------------------------------------------------------- jobs
+
+    def _on_jobs(self, jobs: list[dict]) -> None:
+        models = [j for j in jobs if j.get("kind") == TRAIN_KIND and j.get("state") == "succeeded"]
+        wanted = {j["id"] for j in models}
+        for job_id in [i for i in self._job_items if i not in wanted]:
+            self._engine_group.removeChild(self._job_items.pop(job_id))
+        # jobs arrive newest first; keep that order in the list
+        for pos, job in enumerate(models):
+            item = self._job_items.get(job["id"])
+            if item is None:
+                item = QTreeWidgetItem()
+                item.setData(0, KindRole, "job")
+                self._engine_group.insertChild(pos, item)
+                self._job_items[job["id"]] = item
+            item.setData(0, PayloadRole, job)
+            meta = (job.get("result") or {}).get("metadata") or {}
+            category = (job.get("params") or {}).get("category") or meta.get("category") or "all categories"
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.get("finished") or job.get("created") or 0))
+            item.setText(0, f"{category} · {job['id']} · {when}")
+            item.setToolTip(0, describe_metadata(meta) if meta else f"train_anomaly job {job['id']}")
+        self._update_titles()
+        self._update_buttons()
+
+    # ----------------------------------------------------------------------------------------- folders
+
+    def _add_folder_item(self, path: Path) -> QTreeWidgetItem:
+        item = QTreeWidgetItem(self._folder_group, [f"{path.name} · reading…"])
+        item.setData(0, KindRole, "folder")
+        item.setData(0, PayloadRole, str(path))
+        item.setToolTip(0, str(path))
+        self._folder_items[str(path)] = item
+        run_in_background(lambda: read_model_metadata(path), lambda meta: self._folder_read(path, meta),
+                          lambda message: self._folder_unusable(path, message))
+        self._update_titles()
+        return item
+
+    def _folder_read(self, path: Path, meta: dict) -> None:
+        item = self._folder_items.get(str(path))
+        if item is None:
+            return
+        category = meta.get("category") or "all categories"
+        item.setText(0, f"{category} · {path.name}")
+        item.setToolTip(0, f"{path}\n{describe_metadata(meta)}")
+        item.setForeground(0, self.palette().text())
+
+    def _folder_unusable(self, path: Path, message: str) -> None:
+        item = self._folder_items.get(str(path))
+        if item is None:
+            return
+        item.setText(0, f"{path.name} · unusable")
+        item.setToolTip(0, message)
+        item.setForeground(0, ERROR_COLOR)
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Model folder (model.onnx + model.json)")
+        if folder:
+            self.add_model_dir(folder)
+
+    def _remove_selected(self) -> None:
+        items = self.tree.selectedItems()
+        if not items or items[0].data(0, KindRole) != "folder":
+            return
+        key = items[0].data(0, PayloadRole)
+        self._folder_group.removeChild(self._folder_items.pop(key))
+        self._update_titles()
+        self._save_folders()
+        self._update_buttons()
+
+    def _load_folders(self) -> list[str]:
+        raw = gui_settings().value(FOLDERS_KEY, "[]")
+        try:
+            folders = json.loads(str(raw))
+        except json.JSONDecodeError:
+            return []
+        return [str(f) for f in folders if isinstance(f, str)] if isinstance(folders, list) else []
+
+    def _save_folders(self) -> None:
+        s = gui_settings()
+        s.setValue(FOLDERS_KEY, json.dumps(list(self._folder_items)))
+        s.sync()
+
+    # ----------------------------------------------------------------------------------------- using
+
+    def _use(self, item: QTreeWidgetItem) -> None:
+        kind = item.data(0, KindRole)
+        if kind == "folder":
+            path = Path(item.data(0, PayloadRole))
+            self._say(f"checking {path}…")
+            # Checked off-thread: a folder registered long ago may be gone or be on an unmounted share.
+            run_in_background(lambda: read_model_metadata(path), lambda _meta: self._activate(path), self._fail)
+        elif kind == "job":
+            job = item.data(0, PayloadRole)
+            self._say(f"getting the model of job {job['id']}…" if self._link.is_local
+                      else f"downloading the model of job {job['id']}…")
+            self._link.fetch_model(job, self._activate, self._fail)
+
+    def _activate(self, path: Path) -> None:
+        self._active = path
+        self._say(f"using {path}")
+        for item in [*self._job_items.values(), *self._folder_items.values()]:
+            font = QFont(item.font(0))
+            kind, payload = item.data(0, KindRole), item.data(0, PayloadRole)
+            mine = (Path(payload) == path) if kind == "folder" else (self._link.known_artifact_dir(payload) == path)
+            font.setBold(mine)
+            item.setFont(0, font)
+        self.model_activated.emit(path)
+
+    def _fail(self, message: str) -> None:
+        self._say(message, error=True)
+
+    def _say(self, text: str, error: bool = False) -> None:
+        self.message_label.setStyleSheet(f"color: {ERROR_COLOR.name()};" if error else "")
+        self.message_label.setText(text)
+
+    def _select(self, item: QTreeWidgetItem) -> None:
+        self.tree.setCurrentItem(item)
+        self.tree.scrollToItem(item)
+
+    def _update_titles(self) -> None:
+        self._engine_group.setText(0, f"Trained by the engine ({len(self._job_items)})")
+        self._folder_group.setText(0, f"Model folders ({len(self._folder_items)})")
+
+    def _update_buttons(self) -> None:
+        items = self.tree.selectedItems()
+        kind = items[0].data(0, KindRole) if items else None
+        self.use_button.setEnabled(kind in ("job", "folder"))
+        self.remove_button.setEnabled(kind == "folder")

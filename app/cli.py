@@ -148,7 +148,7 @@ def cmd_gui(args: argparse.Namespace) -> int:
         dataset=Path(args.dataset) if args.dataset else None, category=args.category,
         model=Path(args.model) if args.model else None, score=args.score, demo=args.demo,
         screenshot=Path(args.screenshot) if args.screenshot else None, quit_after_ms=args.quit_after_ms,
-        engine=not args.no_engine,
+        quit_when_scored=args.quit_when_scored, engine=not args.no_engine,
     ))
 
 
@@ -355,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("--score", action="store_true", help="score the dataset with --model once it is open")
     gui.add_argument("--screenshot", default=None, help="save the window as PNG (before quitting, with --quit-after-ms)")
     gui.add_argument("--quit-after-ms", type=int, default=None, help="quit after N ms (scripts and tests)")
+    gui.add_argument("--quit-when-scored", action="store_true",
+                     help="quit (after the screenshot) once the dataset's scores are shown")
     gui.add_argument("--no-engine", action="store_true", help="do not start or connect to an engine")
     gui.set_defaults(func=cmd_gui)
     return p

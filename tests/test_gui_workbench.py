@@ -15,6 +15,7 @@ from PIL import Image
 pytest.importorskip("PySide6", reason="GUI extra not installed")
 
 from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QDockWidget
 
 from app.gui.engine_link import EngineSettings
 from app.gui.main_window import MainWindow
@@ -142,6 +143,9 @@ def test_train_score_and_inspect_through_a_real_local_engine(qtbot, window, demo
         window.browser.select_key(order[0])
     assert window.image_view.heatmap_item.image is not None
     assert window.metrics_view.roc.title().startswith("ROC")
+    # The PRO curve arrives from maps and masks read off the GUI thread.
+    qtbot.waitUntil(lambda: not window.metrics_view.pro.showing_message and "AU-PRO" in
+                    window.metrics_view.pro.title(), timeout=30_000)
     # The threshold control says what a change means on the labelled set.
     lowest = np.floor(min(scores.values()) * 1000) / 1000  # the spin box keeps 3 decimals
     window.review.threshold_spin.setValue(lowest)  # the control's range covers every score of the dataset
@@ -151,7 +155,9 @@ def test_train_score_and_inspect_through_a_real_local_engine(qtbot, window, demo
     window.set_threshold(window.model_threshold)
     art = artifacts_dir(tmp_path)
     window.grab().save(str(art / "workbench_scored.png"))
-    window.metrics_view.grab().save(str(art / "metrics.png"))
+    window.findChild(QDockWidget, "Metrics").raise_()
+    qtbot.wait(300)
+    window.grab().save(str(art / "workbench_metrics.png"))
     window.jobs_panel.grab().save(str(art / "jobs.png"))
 
 
@@ -218,3 +224,23 @@ def test_gui_command_saves_a_screenshot_and_quits(tmp_path, demo_data):
     proc = subprocess.run([sys.executable, "-m", "app.cli", "gui", "--dataset", str(tmp_path / "nope")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "nope" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_quick_start_demo_trains_scores_and_screenshots(tmp_path):
+    """The README's main job: `defectscope gui --demo` trains a demo model through its engine and scores the set."""
+    shot = tmp_path / "demo.png"
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(REPO),
+               DEFECTSCOPE_HOME=str(tmp_path / "home"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", "gui", "--demo", "--screenshot", str(shot), "--quit-when-scored",
+         "--quit-after-ms", "400000"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=480,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "home" / "runs" / "demo_washer" / "model.onnx").is_file()
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    # The heatmap overlay is on screen: the demo parts are grey, so warm-coloured pixels (red well above blue)
+    # in the image view can only come from the heatmap of the selected image.
+    view = img[50:620, 510:1220]
+    assert ((view[..., 0] - view[..., 2]) > 80).sum() > 300

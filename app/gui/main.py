@@ -23,6 +23,7 @@ class GuiOptions:
     demo: bool = False
     screenshot: Path | None = None
     quit_after_ms: int | None = None
+    quit_when_scored: bool = False
     engine: bool = True
 
 
@@ -102,7 +103,8 @@ def run_gui(opts: GuiOptions) -> int:
     if opts.engine:
         window.link.start(load_settings())
     if opts.demo:
-        DemoPipeline(window)
+        # Held by the window: Qt connects to bound methods weakly, so an unreferenced pipeline would vanish.
+        window.demo_pipeline = DemoPipeline(window)
         window.open_demo()
     elif opts.dataset is not None:
         window.open_dataset(opts.dataset, opts.category)
@@ -110,17 +112,20 @@ def run_gui(opts: GuiOptions) -> int:
         window.set_model(opts.model)
         if opts.score:
             window.dataset_loaded.connect(lambda _r: _score_when_ready(window))
-    if opts.quit_after_ms is not None:
-        def finish() -> None:
-            if opts.screenshot is not None:
-                opts.screenshot.parent.mkdir(parents=True, exist_ok=True)
-                window.grab().save(str(opts.screenshot))
-                print(f"screenshot: {opts.screenshot}", flush=True)
-            window.close()
-            app.quit()
+    def finish() -> None:
+        if opts.screenshot is not None:
+            opts.screenshot.parent.mkdir(parents=True, exist_ok=True)
+            window.grab().save(str(opts.screenshot))
+            print(f"screenshot: {opts.screenshot}", flush=True)
+        window.close()
+        app.quit()
 
+    if opts.quit_after_ms is not None:
         QTimer.singleShot(opts.quit_after_ms, finish)
-    elif opts.screenshot is not None:
+    if opts.quit_when_scored:
+        # Give the first heatmap and the thumbnails a moment to arrive before the picture is taken.
+        window.predictions_loaded.connect(lambda _n: QTimer.singleShot(3000, finish))
+    elif opts.screenshot is not None and opts.quit_after_ms is None:
         window.predictions_loaded.connect(lambda _n: QTimer.singleShot(1500, lambda: window.grab().save(
             str(opts.screenshot))))
     return app.exec()

@@ -41,8 +41,10 @@ from engine.datasets import load_dataset
 from engine.datasets.demo import default_data_home, ensure_demo_dataset
 from engine.datasets.imageio import read_mask
 from engine.datasets.types import Dataset, Sample
+from engine.errors import DefectScopeError
 
 DEMO_CATEGORY = "washer"
+MAX_PRO_IMAGES = 2000  # maps and masks held in memory for the PRO curve (256 px each: ~260 MB at most)
 BANNER_STYLE = {
     "error": "background:#c62828; color:white; padding:6px; font-weight:bold;",
     "info": "background:#1565c0; color:white; padding:6px;",
@@ -380,6 +382,7 @@ class MainWindow(QMainWindow):
         self.browser.set_sort_mode("score")
         self.metrics_view.set_results(scores, labels, defect_types)
         self.metrics_view.set_reference_threshold(preds.threshold)
+        self._load_pixel_maps(preds, scores, labels, defect_types)
         values = list(scores.values())
         self.review.set_range(float(np.floor(min(values) * 10) / 10), float(np.ceil(max(values) * 10) / 10))
         self.set_threshold(preds.threshold)
@@ -388,6 +391,40 @@ class MainWindow(QMainWindow):
             self.review.show_score(scores.get(self._shown_key), self.review.threshold())
         self.status_message.emit(f"{len(scores)} images scored; sorted by score, highest first.")
         self.predictions_loaded.emit(len(scores))
+
+    def _load_pixel_maps(self, preds: Predictions, scores: dict, labels: dict, defect_types: dict) -> None:
+        """Maps and masks for the PRO curve, read off the GUI thread at the maps' own (display) resolution."""
+        with_masks = [k for k in scores if self.samples[k].mask_path is not None or labels[k] == "good"]
+        if not any(self.samples[k].mask_path is not None for k in with_masks):
+            return
+        keys = with_masks[:MAX_PRO_IMAGES]
+        samples = self.samples
+
+        def load() -> tuple[dict, dict]:
+            import cv2
+
+            maps, masks = {}, {}
+            for k in keys:
+                amap = preds.anomaly_map(k)
+                if amap is None:
+                    continue
+                path = samples[k].mask_path
+                if path is None:
+                    mask = np.zeros(amap.shape, bool)
+                else:
+                    try:
+                        full = read_mask(path)
+                    except DefectScopeError:
+                        continue  # a broken mask leaves its image out of PRO; the browser already flags it
+                    mask = cv2.resize(full.astype(np.uint8), amap.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+                maps[k], masks[k] = amap, mask
+            return maps, masks
+
+        def show(result: tuple[dict, dict]) -> None:
+            if self.predictions is preds:  # not replaced meanwhile
+                self.metrics_view.set_results(scores, labels, defect_types, *result)
+
+        self.tasks.run(load, show, lambda msg: self.status_message.emit(f"PRO curve: {msg}"))
 
     # ----------------------------------------------------------------- jobs
     def open_train_dialog(self) -> None:

@@ -165,6 +165,7 @@ def cmd_engine_serve(args: argparse.Namespace) -> int:
         tls_self_signed=args.tls_self_signed,
         ray_address=args.ray_address,
         ray_token_file=Path(args.ray_token_file) if args.ray_token_file else None,
+        parent_pid=args.parent_pid,
     )
     return 0
 
@@ -319,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run jobs on this existing Ray cluster (host:port of its head) instead of locally")
     srv.add_argument("--ray-token-file", default=None,
                      help="token of a Ray cluster started with RAY_AUTH_MODE=token")
+    srv.add_argument("--parent-pid", type=int, default=None,
+                     help="stop when this process exits (the GUI passes its own pid)")
     srv.set_defaults(func=cmd_engine_serve)
 
     jobs = sub.add_parser("jobs", help="submit and follow jobs on an engine")

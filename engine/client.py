@@ -80,11 +80,15 @@ class EngineClient:
     def download(self, job_id: str, dest: Path) -> list[Path]:
         """Every artifact of a job into `dest`, each verified against the engine's SHA-256."""
         written = []
+        root = Path(dest).resolve()
         for art in self.artifacts(job_id):
+            # Names come from the engine: a malicious or compromised one must not write outside `dest`.
+            target = (root / str(art["name"])).resolve()
+            if not target.is_relative_to(root) or target == root:
+                raise DefectScopeError(f"artifact name {art['name']!r} of job {job_id} leaves the download folder")
             data = self._request("GET", f"/jobs/{job_id}/artifacts/{art['name']}").content
             if hashlib.sha256(data).hexdigest() != art["sha256"]:
                 raise DefectScopeError(f"artifact {art['name']} of job {job_id}: checksum mismatch after download")
-            target = dest / art["name"]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
             written.append(target)

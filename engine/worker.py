@@ -154,6 +154,12 @@ def run(job_dir: Path) -> int:
     module, func = RUNNERS[spec.get("executor", {}).get("kind", "local")].split(":")
     try:
         return getattr(importlib.import_module(module), func)(job_dir, spec, events)
+    except Exception as exc:  # a runner's own failure (Ray missing, disk full) still ends the job with a reason
+        from engine.errors import DefectScopeError
+
+        tb = None if isinstance(exc, DefectScopeError) else traceback.format_exc()
+        events.emit("failed", error=str(exc) if tb is None else f"{exc.__class__.__name__}: {exc}", traceback=tb)
+        return 1
     finally:
         stop.set()
 

@@ -363,3 +363,25 @@ def test_upload_size_limits(tmp_path):
         assert [p for p in (tmp_path / "engine" / "uploads").iterdir()] == []
     finally:
         eng.executor.shutdown()
+
+
+def test_engine_stops_when_its_parent_app_dies_and_one_engine_holds_a_data_dir(tmp_path):
+    """A GUI that crashes must not leave its engine (and its workers) running; two engines never share a folder."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    eng = EngineProcess(tmp_path / "engine", token_file, ("--parent-pid", str(parent.pid))).start()
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "app.cli", "engine", "serve", "--port", str(_free_port()), "--data-dir",
+             str(tmp_path / "engine"), "--token-file", str(token_file)],
+            cwd=REPO, capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert second.returncode == 2
+        assert "another engine is already serving this data folder" in second.stderr
+        parent.kill()
+        parent.wait()
+        eng.proc.wait(timeout=30)  # gone by itself, without being told
+        assert "parent process" in eng.proc.stdout.read()
+    finally:
+        parent.kill()
+        eng.kill()

@@ -244,3 +244,41 @@ def test_quick_start_demo_trains_scores_and_screenshots(tmp_path):
     # in the image view can only come from the heatmap of the selected image.
     view = img[50:620, 510:1220]
     assert ((view[..., 0] - view[..., 2]) > 80).sum() > 300
+
+
+def test_reviewing_under_the_unreviewed_filter_skips_nothing_and_notes_keep_the_cursor(qtbot, window, demo_data):
+    open_and_wait(qtbot, window, demo_data / DEMO_CATEGORY)
+    window.browser.proxy.set_verdict("unreviewed")
+    todo = window.browser.visible_keys()
+    window.browser.select_key(todo[0])
+    for _ in range(3):
+        qtbot.keyClick(window, Qt.Key.Key_N)
+    # Each decided image leaves the filtered list; the review goes to the next undecided one, skipping none.
+    assert [window.browser.model.verdict_of(k) for k in todo[:4]] == ["ng", "ng", "ng", None]
+    assert window.current_key() == todo[3]
+
+    edit = window.review.note_edit
+    edit.setFocus()
+    qtbot.keyClicks(edit, "scratch ")
+    qtbot.wait(900)  # the note autosaves after a pause in typing...
+    qtbot.keyClicks(edit, "near hole")  # ...and typing on continues where the cursor was
+    window.review.flush_note()
+    assert edit.toPlainText() == "scratch near hole"
+    assert window.store.history(todo[3])[-1].note == "scratch near hole"
+
+
+def test_scores_made_on_another_dataset_are_not_shown(qtbot, window, demo_data, tmp_path):
+    import json
+
+    open_and_wait(qtbot, window, demo_data / DEMO_CATEGORY)
+    key = window.browser.visible_keys()[0]
+    folder = tmp_path / "pred"
+    (folder / "maps").mkdir(parents=True)
+    # Same keys (MVTec categories share names like test/good/000.png), another dataset root.
+    (folder / "scores.json").write_text(json.dumps({
+        "model": "m", "data": str(tmp_path / "other"), "category": None, "threshold": 0.5,
+        "items": {key: {"score": 3.0, "map": "maps/000000.npy"}}, "errors": {}}))
+    with qtbot.waitSignal(window.status_message, timeout=10_000,
+                          check_params_cb=lambda m: "not shown" in m):
+        window.load_predictions(folder)
+    assert window.predictions is None and window.browser.model.score_of(key) is None

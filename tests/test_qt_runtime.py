@@ -7,6 +7,9 @@ import sys
 import pytest
 
 pytest.importorskip("PySide6", reason="GUI extra not installed")
+if sys.version_info >= (3, 12):
+    pytest.skip("True and None are immortal from Python 3.12: their refcounts cannot show the leak",
+                allow_module_level=True)
 
 
 def test_signal_emits_do_not_leak_references_to_true():

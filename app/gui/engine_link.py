@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -39,15 +40,12 @@ import shiboken6
 from PySide6.QtCore import (
     QCoreApplication,
     QObject,
-    QRunnable,
     QSettings,
-    Qt,
-    QThreadPool,
     QTimer,
     Signal,
-    Slot,
 )
 
+from app.gui.tasks import background_executor, run_in_background
 from engine.client import EngineClient
 from engine.datasets.demo import default_data_home
 from engine.errors import DefectScopeError
@@ -111,25 +109,6 @@ def save_settings(settings: EngineSettings) -> None:
         os.chmod(s.fileName(), 0o600)
 
 
-# ------------------------------------------------------------------------------------------ error text
-
-
-def describe_error(exc: BaseException) -> str:
-    """One readable line for the user; tracebacks of unexpected errors go to the log, not the screen."""
-    if isinstance(exc, DefectScopeError):
-        text = str(exc)
-    elif isinstance(exc, httpx.HTTPError):
-        text = f"network error ({exc.__class__.__name__}: {exc})"
-    elif isinstance(exc, OSError):
-        where = f"{exc.filename}: " if exc.filename else ""
-        text = f"{where}{exc.strerror or exc}"
-    else:
-        log.error("unexpected error in an engine call", exc_info=exc)
-        text = f"{exc.__class__.__name__}: {exc}"
-    text = " ".join(text.split()) or exc.__class__.__name__
-    return text if len(text) <= 400 else text[:397] + "..."
-
-
 class EngineUnauthorized(DefectScopeError):
     """The engine answered 401: our token is missing or wrong."""
 
@@ -158,73 +137,6 @@ class _PrefixClient(_LinkClient):
         return [a for a in super().artifacts(job_id) if a["name"].startswith(self._prefix)]
 
 
-# ------------------------------------------------------------------------------- running off the GUI thread
-
-
-class _Relay(QObject):
-    """Carries pool-thread results to the GUI thread.
-
-    One app-lifetime object, never deleted: emitting on a QObject that was deleted meanwhile (a link, a panel)
-    from another thread would crash; the relay checks on the GUI thread whether the receiver still exists.
-    """
-
-    delivered = Signal(object)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.delivered.connect(self._dispatch, Qt.ConnectionType.QueuedConnection)
-
-    @Slot(object)
-    def _dispatch(self, payload: tuple[Callable[[], bool] | None, Callable[[Any], None] | None, Any]) -> None:
-        guard, callback, value = payload
-        if callback is None or (guard is not None and not guard()):
-            return
-        owner = getattr(callback, "__self__", None)
-        if isinstance(owner, QObject) and not shiboken6.isValid(owner):
-            return
-        callback(value)
-
-
-class _Task(QRunnable):
-    def __init__(self, fn: Callable[[], Any], relay: _Relay, on_done: Callable[[Any], None] | None,
-                 on_error: Callable[[str], None] | None, guard: Callable[[], bool] | None) -> None:
-        super().__init__()
-        self._fn, self._relay, self._on_done, self._on_error, self._guard = fn, relay, on_done, on_error, guard
-
-    def run(self) -> None:
-        try:
-            payload = (self._guard, self._on_done, self._fn())
-        except Exception as exc:  # every failure becomes one line for whoever asked
-            payload = (self._guard, self._on_error, describe_error(exc))
-        self._relay.delivered.emit(payload)
-
-
-_relay: _Relay | None = None
-_pool: QThreadPool | None = None
-
-
-def _executor() -> tuple[_Relay, QThreadPool]:
-    # Created lazily on first use, i.e. on the GUI thread: the relay must live there.
-    global _relay, _pool
-    if _relay is None or _pool is None:
-        _relay = _Relay()
-        _pool = QThreadPool()
-        # Polls, a log fetch, a download and a local engine start can overlap; more only queue on the engine.
-        _pool.setMaxThreadCount(4)
-    return _relay, _pool
-
-
-def run_in_background(fn: Callable[[], Any], on_done: Callable[[Any], None] | None = None,
-                      on_error: Callable[[str], None] | None = None,
-                      guard: Callable[[], bool] | None = None) -> None:
-    """Run `fn` on a pool thread; `on_done(result)` or `on_error(one_line)` runs later on the GUI thread.
-
-    Neither runs if `guard()` is false by then, or if the callback is a bound method of a deleted QObject.
-    """
-    relay, pool = _executor()
-    pool.start(_Task(fn, relay, on_done, on_error, guard))
-
-
 # ----------------------------------------------------------------------------------- local engine process
 
 _LIVE_ENGINES: set[subprocess.Popen] = set()
@@ -239,7 +151,8 @@ def _free_port() -> int:
 
 def engine_command(port: int, data_dir: Path) -> list[str]:
     """`defectscope engine serve` as this program: a frozen app has no `-m`, it is the CLI itself."""
-    args = ["engine", "serve", "--port", str(port), "--data-dir", str(data_dir)]
+    # --parent-pid: the engine stops by itself if this app dies without stopping it (a crash, a kill).
+    args = ["engine", "serve", "--port", str(port), "--data-dir", str(data_dir), "--parent-pid", str(os.getpid())]
     if getattr(sys, "frozen", False):
         return [sys.executable, *args]
     return [sys.executable, "-m", "app.cli", *args]
@@ -431,7 +344,7 @@ class EngineLink(QObject):
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        _executor()
+        background_executor()
         self._settings = EngineSettings()
         self._state = STOPPED
         self._detail = ""
@@ -749,6 +662,9 @@ class EngineLink(QObject):
 
 def artifact_cache_dir(job_id: str, prefix: str) -> Path:
     """Where artifacts of a remote job are kept: models/<job_id>/ for models, downloads/<job_id>/<prefix>/ else."""
+    # The id comes from the engine's answer: only the engine's own id format may become a folder name.
+    if not re.fullmatch(r"[0-9a-f]{6,64}", job_id) or not re.fullmatch(r"[A-Za-z0-9_]{1,64}", prefix):
+        raise DefectScopeError(f"refusing job id {job_id!r} / artifact folder {prefix!r} from the engine")
     home = default_data_home()
     return home / "models" / job_id if prefix == "model" else home / "downloads" / job_id / prefix
 

@@ -7,10 +7,14 @@ moves small results into widgets.
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import shiboken6
 from PySide6.QtCore import QByteArray, QSettings, Qt, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
@@ -33,7 +37,7 @@ from app.gui.metrics_view import MetricsView
 from app.gui.models_panel import ModelsPanel
 from app.gui.predictions import Predictions
 from app.gui.review_panel import ReviewPanel
-from app.gui.tasks import TaskRunner
+from app.gui.tasks import run_in_background, wait_for_background
 from app.keys import sample_key
 from app.review.store import ReviewStore, ReviewStoreError, store_for_dataset
 from app.review.threshold import ScoreSet
@@ -62,9 +66,10 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.setWindowTitle("DefectScope")
         self.resize(1500, 950)
-        self.tasks = TaskRunner(threads=2, parent=self)
+        self._closed = False
         self.link = link if link is not None else EngineLink(self)
         self.dataset: Dataset | None = None
+        self.category: str | None = None
         self.samples: dict[str, Sample] = {}
         self.store: ReviewStore | None = None
         self.predictions: Predictions | None = None
@@ -180,6 +185,12 @@ class MainWindow(QMainWindow):
         QShortcut(QKeySequence("H"), self, activated=lambda: self.image_view.set_overlay_visible(
             "heatmap", not self.image_view.is_overlay_visible("heatmap")))
 
+    def _background(self, fn: Callable[[], Any], on_done: Callable[[Any], None] | None = None,
+                    on_error: Callable[[str], None] | None = None) -> None:
+        """Off the GUI thread; the callbacks are dropped once the window has closed."""
+        run_in_background(fn, on_done, on_error, guard=lambda: not self._closed and shiboken6.isValid(self),
+                          lane="disk")
+
     # ----------------------------------------------------------------- datasets
     def choose_dataset(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Open dataset folder")
@@ -188,7 +199,7 @@ class MainWindow(QMainWindow):
 
     def open_demo(self) -> None:
         self.status_message.emit("Preparing the demo dataset…")
-        self.tasks.run(ensure_demo_dataset, lambda root: self.open_dataset(Path(root) / DEMO_CATEGORY),
+        self._background(ensure_demo_dataset, lambda root: self.open_dataset(Path(root) / DEMO_CATEGORY),
                        self.show_error)
 
     def open_dataset(self, root: Path, category: str | None = None) -> None:
@@ -196,11 +207,16 @@ class MainWindow(QMainWindow):
         root = Path(root)
         self.status_message.emit(f"Opening {root}…")
         started = time.perf_counter()
-        self.tasks.run(lambda: load_dataset(root, category=category),
-                       lambda ds: self._on_dataset(ds, time.perf_counter() - started),
+
+        def load() -> tuple[Dataset, dict[str, Sample]]:
+            ds = load_dataset(root, category=category)
+            # Keys resolve every path: at 10k images on a network share that is seconds, so not on the GUI thread.
+            return ds, {sample_key(ds.root, s): s for s in ds.samples}
+
+        self._background(load, lambda result: self._on_dataset(*result, time.perf_counter() - started, category),
                        lambda msg: self.show_error(f"Cannot open {root}: {msg}"))
 
-    def _on_dataset(self, ds: Dataset, seconds: float) -> None:
+    def _on_dataset(self, ds: Dataset, samples: dict[str, Sample], seconds: float, category: str | None) -> None:
         self.review.flush_note()
         try:
             store = ReviewStore(store_for_dataset(ds.root))
@@ -211,7 +227,8 @@ class MainWindow(QMainWindow):
             self.store.close()
         self.store = store
         self.dataset = ds
-        self.samples = {sample_key(ds.root, s): s for s in ds.samples}
+        self.category = category
+        self.samples = samples
         self.predictions = None
         self.score_set = None
         self._shown_key = None
@@ -257,13 +274,18 @@ class MainWindow(QMainWindow):
         self._show_decision(key)
         if sample.mask_path is not None:
             path = sample.mask_path
-            self.tasks.run(lambda: read_mask(path), lambda m, k=key: self._on_mask(k, m),
+
+            def decode() -> np.ndarray | None:
+                # Holding an arrow key queues one decode per image passed: skip those already left behind.
+                return read_mask(path) if self._shown_key == key else None
+
+            self._background(decode, lambda m, k=key: self._on_mask(k, m),
                            lambda msg: self.status_message.emit(f"mask: {msg}"))
         else:
             self.image_view.set_mask(None)
 
-    def _on_mask(self, key: str, mask: np.ndarray) -> None:
-        if key == self._shown_key:  # the user may have moved on while it decoded
+    def _on_mask(self, key: str, mask: np.ndarray | None) -> None:
+        if mask is not None and key == self._shown_key:  # the user may have moved on while it decoded
             self.image_view.set_mask(mask)
 
     def _show_heatmap(self, key: str) -> None:
@@ -282,19 +304,39 @@ class MainWindow(QMainWindow):
         if key is None or self.store is None:
             return
         self.review.flush_note()
+        # Decide where to go before the model changes: under a verdict filter (e.g. "unreviewed") the decided
+        # row leaves the view and Qt moves the current row on by itself.
+        visible = self.browser.visible_keys()
+        pos = visible.index(key) if key in visible else -1
+        following = visible[pos + 1] if 0 <= pos < len(visible) - 1 else None
         score = self.predictions.scores.get(key) if self.predictions else None
-        self.store.set_verdict(key, verdict, score=score, threshold=self.review.threshold() if score else None)
+        try:
+            self.store.set_verdict(key, verdict, score=score,
+                                   threshold=self.review.threshold() if score is not None else None)
+        except (sqlite3.Error, OSError) as exc:
+            self.show_error(f"The decision for {key} was NOT saved: {exc}")
+            return
         self.browser.model.set_verdict(key, verdict)
-        self._show_decision(key)
-        if verdict is not None and self.review.advance_check.isChecked():
-            self.next_image()
+        advance = verdict is not None and self.review.advance_check.isChecked()
+        if advance and following is not None:
+            self.browser.select_key(following)
+        elif not advance and self.current_key() != key:
+            self.browser.select_key(key)  # hidden by the filter: nothing to show; otherwise stay on it
+        if self.current_key() == key:
+            self._show_decision(key)
 
     def _on_note(self, text: str) -> None:
         key = self._shown_key
         if key is None or self.store is None:
             return
-        self.store.set_note(key, text)
-        self._show_decision(key)
+        try:
+            self.store.set_note(key, text)
+        except (sqlite3.Error, OSError) as exc:
+            self.show_error(f"The note for {key} was NOT saved: {exc}")
+            return
+        # Only the history: re-setting the note text would move the cursor of someone still typing.
+        history = self.store.history(key)
+        self.review.show_history(history)
 
     def choose_export_csv(self) -> None:
         if self.store is None:
@@ -302,7 +344,11 @@ class MainWindow(QMainWindow):
             return
         path, _ = QFileDialog.getSaveFileName(self, "Export decisions", "decisions.csv", "CSV (*.csv)")
         if path:
-            n = self.store.export_csv(Path(path))
+            try:
+                n = self.store.export_csv(Path(path))
+            except OSError as exc:
+                self.show_error(f"Cannot write {path}: {exc.strerror or exc}")
+                return
             self.status_message.emit(f"{n} decisions written to {path}")
 
     # ----------------------------------------------------------------- threshold and metrics
@@ -345,6 +391,8 @@ class MainWindow(QMainWindow):
             self.show_error("Open a dataset and choose a model (Models panel or Model ▸ Use model folder) first.")
             return
         params = {"model": str(self.model_dir), "data": str(self.dataset.root)}
+        if self.category:
+            params["category"] = self.category
         self.link.submit("score_dataset", params, on_done=self._pending_score_jobs.add,
                          on_error=lambda msg: self.show_error(f"Scoring could not start: {msg}"))
         self.status_message.emit("Scoring submitted to the engine (see Jobs).")
@@ -361,15 +409,17 @@ class MainWindow(QMainWindow):
             self.status_message.emit("Training finished: the model is in the Models panel.")
 
     def load_predictions(self, folder: Path) -> None:
-        self.tasks.run(lambda: Predictions.load(Path(folder)), self._on_predictions,
+        self._background(lambda: Predictions.load(Path(folder)), self._on_predictions,
                        lambda msg: self.show_error(msg))
 
     def _on_predictions(self, preds: Predictions) -> None:
         if self.dataset is None:
             return
         scores = {k: v for k, v in preds.scores.items() if k in self.samples}
-        if not scores:
-            self.show_error(f"The scores in {preds.folder} are for another dataset than {self.dataset.root}.")
+        if not preds.is_for(self.dataset.root, self.category) or not scores:
+            # e.g. a scoring job that finished after another dataset was opened
+            self.status_message.emit(f"Scores in {preds.folder} are for {preds.data or 'another dataset'}, "
+                                     f"not {self.dataset.root}: not shown.")
             return
         self.predictions = preds
         if self.model_dir is not None:
@@ -424,18 +474,21 @@ class MainWindow(QMainWindow):
             if self.predictions is preds:  # not replaced meanwhile
                 self.metrics_view.set_results(scores, labels, defect_types, *result)
 
-        self.tasks.run(load, show, lambda msg: self.status_message.emit(f"PRO curve: {msg}"))
+        self._background(load, show, lambda msg: self.status_message.emit(f"PRO curve: {msg}"))
 
     # ----------------------------------------------------------------- jobs
     def open_train_dialog(self) -> None:
         root = self.dataset.root if self.dataset else None
-        dialog = TrainDialog(root, self.dataset.categories if self.dataset else [], self)
+        # A remote engine's paths are its own: they cannot be checked on this computer.
+        dialog = TrainDialog(root, self.dataset.categories if self.dataset else [], self,
+                             check_paths=self.link.is_local)
         if dialog.exec():
             self.link.submit("train_anomaly", dialog.params(), on_error=lambda m: self.show_error(f"Training: {m}"))
 
     def open_eval_dialog(self) -> None:
         dialog = EvalDialog(self.model_dir, self.dataset.root if self.dataset else None,
-                            self.dataset.categories if self.dataset else [], self)
+                            self.dataset.categories if self.dataset else [], self,
+                            models=self.models_panel.models(), check_paths=self.link.is_local)
         if dialog.exec():
             self.link.submit("eval", dialog.params(), on_error=lambda m: self.show_error(f"Evaluation: {m}"))
 
@@ -486,7 +539,8 @@ class MainWindow(QMainWindow):
             self.store.close()
         self.browser.cache.close()
         self.link.stop()
-        self.tasks.wait(5000)
+        self._closed = True
+        wait_for_background(5000)
         super().closeEvent(event)
 
     def confirm(self, text: str) -> bool:

@@ -25,7 +25,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.engine_link import EngineLink, gui_settings, read_model_metadata, run_in_background
+from app.gui.engine_link import EngineLink, gui_settings, read_model_metadata
+from app.gui.tasks import run_in_background
 
 FOLDERS_KEY = "models/folders"  # a JSON list: QSettings turns a one-element list into a plain string in ini
 TRAIN_KIND = "train_anomaly"

@@ -162,6 +162,9 @@ class ReviewPanel(QWidget):
         self.note_edit.blockSignals(True)
         self.note_edit.setPlainText(latest.note or "" if latest else "")
         self.note_edit.blockSignals(False)
+        self.show_history(history)
+
+    def show_history(self, history: list[Decision]) -> None:
         self.history_list.clear()
         for d in reversed(history):
             text = f"{d.decided_at[:19].replace('T', ' ')}  {(d.verdict or 'cleared').upper()}  {d.reviewer}"

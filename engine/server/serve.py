@@ -5,12 +5,17 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import signal
 import socket
+import threading
+import time
 from pathlib import Path
+from typing import IO
 
 from engine.errors import DefectScopeError
 
 TOKEN_FILE = "token"
+LOCK_FILE = "engine.lock"
 
 
 def is_loopback(host: str) -> bool:
@@ -40,6 +45,41 @@ def load_or_create_token(data_dir: Path, token_file: Path | None) -> tuple[str, 
     return token, path
 
 
+def lock_data_dir(data_dir: Path) -> IO[bytes]:
+    """One engine per data folder: a second would mark the first one's running jobs as interrupted."""
+    fh = (data_dir / LOCK_FILE).open("a+b")
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; one engine per folder is then the user's care
+        return fh
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise DefectScopeError(f"{data_dir}: another engine is already serving this data folder") from None
+    return fh
+
+
+def watch_parent(pid: int, every_s: float = 2.0) -> None:
+    """Stop (gracefully, stopping its workers too) when the app that started this engine is gone, even if the
+    app crashed without stopping it."""
+    import psutil
+
+    def alive() -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def watch() -> None:
+        while alive():
+            time.sleep(every_s)
+        print(f"parent process {pid} is gone: stopping", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def serve(
     host: str,
     port: int,
@@ -52,6 +92,7 @@ def serve(
     tls_self_signed: bool = False,
     ray_address: str | None = None,
     ray_token_file: Path | None = None,
+    parent_pid: int | None = None,
 ) -> None:
     import uvicorn
 
@@ -65,6 +106,7 @@ def serve(
         if not root.is_dir():
             raise DefectScopeError(f"--data-root {root}: not a folder")
     data_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_data_dir(data_dir)  # held (open) for the process's life
     token, path = load_or_create_token(data_dir, token_file)
     if tls_self_signed and tls_cert is None:
         from engine.server.tls import self_signed_certificate
@@ -94,8 +136,11 @@ def serve(
           + (f", jobs on the Ray cluster at {ray_address}" if ray_address else "") + ")", flush=True)
     if eng.interrupted:
         print(f"jobs interrupted by the last shutdown, marked failed: {', '.join(eng.interrupted)}", flush=True)
+    if parent_pid is not None:
+        watch_parent(parent_pid)
     try:
         uvicorn.run(create_app(eng), host=host, port=port, log_level="warning",
                     ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None)
     finally:
         eng.executor.shutdown()
+        lock.close()

@@ -32,7 +32,14 @@ class JobKind:
 
     def resolve(self) -> Callable[[BaseModel, Progress], dict]:
         module, func = self.entry.split(":")
-        return getattr(importlib.import_module(module), func)
+        try:
+            return getattr(importlib.import_module(module), func)
+        except ImportError as exc:
+            if self.needs_torch:  # an inspection-PC install or build without the train extra
+                raise DefectScopeError(
+                    f"job kind '{self.name}' needs torch (the 'train' extra), which this engine does not have "
+                    f"({exc}); run it on an engine or cluster set up for training") from None
+            raise
 
 
 _KINDS: dict[str, JobKind] = {}

@@ -46,7 +46,7 @@ def main() -> int:
     env = dict(os.environ, DEFECTSCOPE_HOME=str(work / "home"), QT_QPA_PLATFORM="offscreen")
     env.pop("PYTHONPATH", None)
     results: dict[str, str] = {}
-    size_mb = sum(p.stat().st_size for p in exe.parent.rglob("*") if p.is_file()) / 2**20
+    size_mb = sum(p.stat().st_size for p in exe.parent.rglob("*") if p.is_file() and not p.is_symlink()) / 2**20
 
     t = time.perf_counter()
     p = run(exe, "datasets", "formats", env=env)

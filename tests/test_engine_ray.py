@@ -51,6 +51,15 @@ def ray_head():
     shutil.rmtree(temp, ignore_errors=True)
 
 
+def _cluster_cpus_free(address: str) -> float:
+    """Asked from a separate process: a Ray driver in the test process would outlive the test."""
+    code = (f"import ray; ray.init(address={address!r}, log_to_driver=False, logging_level='ERROR'); "
+            "print(ray.available_resources().get('CPU', 0.0))")
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=RAY_TOKEN)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def _ray_engine(tmp_path: Path, address: str, ray_token: str) -> EngineProcess:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
@@ -105,6 +114,11 @@ def test_training_runs_on_the_cluster_and_its_model_comes_home(tmp_path, ray_hea
             assert c.post(f"/jobs/{job_id}/cancel").status_code == 200
             job = wait_for(c, job_id, {"succeeded", "failed", "cancelled"}, timeout=60)
             assert job["state"] == "cancelled", job
+            # ...and the cluster really let go of it: every CPU is free again (a leaked task would hold one).
+            deadline = time.time() + 30
+            while (free := _cluster_cpus_free(ray_head)) < 2 and time.time() < deadline:
+                time.sleep(1)
+            assert free == 2, f"{free} of 2 cluster CPUs free after cancel"
     finally:
         eng.stop()
 

@@ -75,3 +75,5 @@ register_job_kind(
         path_params=("model", "data"),
     )
 )
+
+import engine.jobs.kinds_segmentation  # noqa: E402,F401  (registers the segmentation kinds)

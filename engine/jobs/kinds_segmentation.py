@@ -1,0 +1,1 @@
+"""Job kinds of promptable segmentation: importing SAM checkpoints, training DefectScope's own segmenter."""

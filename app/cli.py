@@ -96,10 +96,22 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     from engine.datasets import formats, load_dataset
 
     if args.action == "formats":
+        from engine.datasets.writers import writer_formats
+
+        writers = writer_formats()
         for name, reader in formats().items():
-            print(f"{name:10s} {reader.description}")
+            print(f"{name:10s} {'read+write' if name in writers else 'read      '}  {reader.description}")
         return 0
     ds = load_dataset(args.root, format=args.format, category=args.category)
+    if args.action == "export":
+        from engine.datasets.writers import export_dataset
+        from engine.errors import DefectScopeError
+
+        if not args.to or not args.out:
+            raise DefectScopeError("datasets export needs --to FORMAT and --out FOLDER")
+        report = export_dataset(ds, Path(args.out), args.to, overwrite=args.overwrite)
+        print(report.summary())
+        return 0
     counts = Counter((s.category or "-", s.split, s.label, s.defect_type or "-") for s in ds.samples)
     print(f"{ds.root}: format {ds.format}, {len(ds.samples)} images, {len(ds.issues)} issues")
     for (cat, split, label, defect), n in sorted(counts.items()):
@@ -295,11 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     inf.set_defaults(func=cmd_infer)
 
     ds = sub.add_parser("datasets", help="inspect datasets")
-    ds.add_argument("action", choices=["inspect", "formats"])
+    ds.add_argument("action", choices=["inspect", "formats", "export"])
     ds.add_argument("root", nargs="?", default=".")
     ds.add_argument("--format", default="auto")
     ds.add_argument("--category", default=None)
     ds.add_argument("--max-issues", type=int, default=20)
+    ds.add_argument("--to", default=None, help="export: coco, yolo, voc, labelme or mvtec")
+    ds.add_argument("--out", default=None, help="export: target folder (must be empty or new)")
+    ds.add_argument("--overwrite", action="store_true", help="export: replace a non-empty target folder")
     ds.set_defaults(func=cmd_datasets)
 
     eng = sub.add_parser("engine", help="run the engine process")

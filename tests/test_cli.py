@@ -180,3 +180,18 @@ def test_auto_split_is_stable_and_keeps_defects_for_testing(tmp_path):
     assert all(first[f"d{i}.png"] == "test" for i in range(5))
     n_test = sum(first[f"g{i}.png"] == "test" for i in range(200))
     assert 20 <= n_test <= 60
+
+
+def test_datasets_export_writes_a_format_the_readers_load_back(demo_data, tmp_path):
+    out = tmp_path / "as_yolo"
+    p = run_cli("datasets", "export", str(demo_data / DEMO_CATEGORY), "--to", "yolo", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("yolo -> ")
+    from engine.datasets import load_dataset
+
+    source = load_dataset(demo_data / DEMO_CATEGORY)
+    back = load_dataset(out, format="yolo")
+    assert len(back.samples) == len(source.samples)
+    assert sorted(s.label for s in back.samples) == sorted(s.label for s in source.samples)
+    again = run_cli("datasets", "export", str(demo_data / DEMO_CATEGORY), "--to", "yolo", "--out", str(out))
+    assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr

@@ -195,6 +195,18 @@ class AnnotationEditor:
             raise AnnotationError("a polygon needs at least three points")
         return self._add(Shape("polygon", class_name, [[float(x), float(y)] for x, y in points], source=source))
 
+    def add_polygons(self, polygons: list[list[tuple[float, float]]], class_name: str,
+                     source: str = "segmenter") -> list[Shape]:
+        """Several outlines as one edit (one undo step): a proposal traced to polygons."""
+        shapes = [Shape("polygon", class_name, [[float(x), float(y)] for x, y in pts], source=source)
+                  for pts in polygons if len(pts) >= 3]
+        if not shapes:
+            raise AnnotationError("no outline with at least three points")
+        before = self._edit()
+        self.ann.shapes.extend(shapes)
+        self._commit(before)
+        return shapes
+
     def add_mask(self, mask: np.ndarray, class_name: str, source: str = "segmenter") -> Shape:
         if mask.shape != (self.ann.height, self.ann.width):
             raise AnnotationError(f"mask is {mask.shape[1]}x{mask.shape[0]}, the image {self.ann.width}x{self.ann.height}")

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.gui.annotation_tools import AnnotationController, AnnotationPanel
 from app.gui.browser import BrowserWidget
 from app.gui.engine_link import EngineLink, EngineSettings, load_settings, save_settings
 from app.gui.image_view import ImageView
@@ -100,12 +101,14 @@ class MainWindow(QMainWindow):
         self.jobs_panel = JobsPanel(self.link)
         self.models_panel = ModelsPanel(self.link)
         self.metrics_view = MetricsView()
+        self.annotation_panel = AnnotationPanel()
         docks = [self._dock("Jobs", self.jobs_panel), self._dock("Models", self.models_panel),
-                 self._dock("Metrics", self.metrics_view)]
+                 self._dock("Metrics", self.metrics_view), self._dock("Annotate", self.annotation_panel)]
         for d in docks:
             self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, d)
         self.tabifyDockWidget(docks[0], docks[1])
         self.tabifyDockWidget(docks[1], docks[2])
+        self.tabifyDockWidget(docks[2], docks[3])
         docks[0].raise_()
         self.resizeDocks([docks[0]], [260], Qt.Orientation.Vertical)
 
@@ -116,6 +119,8 @@ class MainWindow(QMainWindow):
         self.status_message.connect(lambda m: self.statusBar().showMessage(m, 8000))
         self._build_menus()
         self._build_shortcuts()
+        self.annotations = AnnotationController(self.image_view, self.annotation_panel, self)
+        self.image_view.image_shown.connect(self._on_image_shown)
 
         self.browser.current_changed.connect(self._on_current_changed)
         self.review.verdict_requested.connect(self.set_verdict)
@@ -233,6 +238,8 @@ class MainWindow(QMainWindow):
         self.score_set = None
         self._shown_key = None
         self.browser.set_dataset(ds.root, ds.samples, ds.issues)
+        defects = sorted({s.defect_type for s in ds.samples if s.defect_type and s.defect_type != "good"})
+        self.annotations.set_dataset(ds.root, sorted(set(ds.class_names) | set(defects)))
         self.browser.model.set_verdicts({k: d.verdict for k, d in store.latest().items()})
         self.metrics_view.set_results({}, {}, {})
         self.review.show_impact(None)
@@ -283,6 +290,18 @@ class MainWindow(QMainWindow):
                            lambda msg: self.status_message.emit(f"mask: {msg}"))
         else:
             self.image_view.set_mask(None)
+
+    def _on_image_shown(self, key: str) -> None:
+        """Annotation needs the image's real size; the next images are encoded for the segmenter meanwhile."""
+        size = self.image_view.image_size
+        sample = self.samples.get(key)
+        if size is None or sample is None or key != self._shown_key:
+            return
+        self.annotations.show_image(key, sample.image_path, *size)
+        visible = self.browser.visible_keys()
+        if key in visible:
+            i = visible.index(key)
+            self.annotations.prefetch([self.samples[k].image_path for k in visible[i + 1:i + 3] if k in self.samples])
 
     def _on_mask(self, key: str, mask: np.ndarray | None) -> None:
         if mask is not None and key == self._shown_key:  # the user may have moved on while it decoded

@@ -75,8 +75,9 @@ class _Task(QRunnable):
 
 _relay: _Relay | None = None
 # Separate lanes, so a queue of disk work (mask decodes while arrowing through a set, PRO maps) never delays
-# the engine polls that keep the connection state and job progress current, and vice versa.
-LANE_THREADS = {"engine": 4, "disk": 2}
+# the engine polls that keep the connection state and job progress current, and vice versa; the segmenter
+# gets one thread of its own (its encoder already uses both cores; clicks are answered in order).
+LANE_THREADS = {"engine": 4, "disk": 2, "segmenter": 1}
 _pools: dict[str, QThreadPool] = {}
 
 

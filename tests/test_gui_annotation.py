@@ -18,7 +18,8 @@ from tests.test_gui_workbench import artifacts_dir, open_and_wait
 
 
 @pytest.fixture
-def window(qtbot, demo_data):
+def window(qtbot, demo_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEFECTSCOPE_HOME", str(tmp_path / "home"))  # annotations of other tests stay out
     w = MainWindow()
     qtbot.addWidget(w)
     w.show()
@@ -55,7 +56,7 @@ def test_draw_box_brush_and_polygon_with_the_mouse_undo_and_find_them_after_reop
     shapes = w.annotations.shapes()
     assert [s.kind for s in shapes] == ["box"] and shapes[0].class_name == "burr"
     (x0, y0), (x1, y1) = shapes[0].points
-    assert abs(x0 - 40) < 3 and abs(y1 - 90) < 3
+    assert abs(x0 - 40) < 3 and abs(y0 - 40) < 3 and abs(x1 - 100) < 3 and abs(y1 - 90) < 3
 
     qtbot.keyClick(w, Qt.Key.Key_R)  # brush
     _drag(qtbot, w, [(150, 150), (160, 155), (175, 160)])
@@ -111,3 +112,29 @@ def test_segment_tool_proposes_a_mask_from_a_real_onnx_segmenter(qtbot, window, 
         assert w.annotations.shapes()[-1].source == "segmenter"
     else:
         assert "empty" in w.annotation_panel.status.text()
+
+
+def test_auto_prompt_proposals_are_accepted_or_rejected_one_by_one(qtbot, window):
+    import numpy as np
+
+    from engine.auto_prompts import AutoPrompt, Proposal
+
+    w = window
+    key = w.current_key()
+    width, height = w.image_view.image_size
+    items = []
+    for x in (20, 120):
+        m = np.zeros((height, width), bool)
+        m[30:60, x:x + 40] = True
+        items.append(Proposal(AutoPrompt((x, 30, x + 40, 60), (x + 20, 45), 1.2, 1200), m, 0.9).to_json())
+    w.annotation_panel.fineness_spin.setValue(0)  # keep proposals as pixel masks
+    before = len(w.annotations.shapes())  # other tests of this session may have annotated this image
+    assert w.annotations.set_pending({key: items, "some/other.png": items[:1]}) == 3
+    assert w.annotations._proposal is not None and w.annotations._proposal[45, 30]
+    assert "2 left" in w.annotation_panel.status.text()
+    qtbot.keyClick(w, Qt.Key.Key_Return)  # keep the first
+    assert [s.source for s in w.annotations.shapes()[before:]] == ["auto-prompt"]
+    assert w.annotations._proposal is not None and w.annotations._proposal[45, 130], "the second is shown next"
+    qtbot.keyClick(w, Qt.Key.Key_Delete)  # reject it
+    assert w.annotations._proposal is None and len(w.annotations.shapes()) == before + 1
+    assert w.annotations.pending[key] == []

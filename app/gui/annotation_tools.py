@@ -299,7 +299,11 @@ class AnnotationController(QObject):
         self._labels: list[int] = []
         self._box: tuple[float, float, float, float] | None = None
         self._proposal: np.ndarray | None = None
+        self._proposal_source = "segmenter"
         self._low_res: np.ndarray | None = None
+        self.segmenter_dir: Path | None = None
+        # Auto-prompt proposals waiting for a decision, per image key (from a propose_masks job).
+        self.pending: dict[str, list[dict]] = {}
         panel.tool_changed.connect(self.set_tool)
         panel.undo_button.clicked.connect(self.undo)
         panel.redo_button.clicked.connect(self.redo)
@@ -330,7 +334,7 @@ class AnnotationController(QObject):
     def show_image(self, key: str, path: Path, width: int, height: int) -> None:
         if self.store is None:
             return
-        self.reject_proposal()
+        self._clear_proposal()
         if self.editor is not None and self.editor.ann.key != key:
             self.previous = self.editor
         try:
@@ -342,6 +346,7 @@ class AnnotationController(QObject):
         self._image_path = Path(path)
         self.layer.set_image_size(width, height)
         self.layer.set_shapes(self.editor.shapes)
+        self._show_pending()
         if self.segmenter is not None and self.layer.tool == "segment":
             seg, p = self.segmenter, self._image_path
             run_in_background(lambda: seg.embed_path(p), lane="segmenter")  # warm the cache for the first click
@@ -407,6 +412,7 @@ class AnnotationController(QObject):
 
         def done(seg: object) -> None:
             self.segmenter = seg
+            self.segmenter_dir = folder
             self.panel.status.setText(f"Segmenter {folder.name} ready ({seg.family}).")
 
         run_in_background(lambda: PromptSegmenter(folder), done, self.panel.status.setText, lane="segmenter")
@@ -439,26 +445,68 @@ class AnnotationController(QObject):
         if self.editor is None or key != self.editor.ann.key:
             return  # the engineer moved on
         self._proposal = pred.mask
+        self._proposal_source = "segmenter"
         self._low_res = pred.low_res_logits
         self.layer.set_proposal(pred.mask)
         self.panel.status.setText(f"Proposal: predicted IoU {pred.score:.2f}. Enter keeps it, more clicks refine it.")
         self.proposal_ready.emit(float(pred.score))
 
+    # ---- auto-prompt proposals (a propose_masks job's output)
+    def set_pending(self, items: dict[str, list[dict]]) -> int:
+        self.pending = {k: list(v) for k, v in items.items() if v}
+        self._show_pending()
+        return sum(map(len, self.pending.values()))
+
+    def _show_pending(self) -> None:
+        if self.editor is None or self._proposal is not None:
+            return
+        queue = self.pending.get(self.editor.ann.key)
+        if not queue:
+            return
+        from pycocotools import mask as mask_utils
+
+        item = queue[0]
+        rle = item["rle"]
+        mask = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
+        if mask.shape != (self.editor.ann.height, self.editor.ann.width):
+            queue.pop(0)  # made for another version of this image: not shown
+            return
+        self._proposal, self._proposal_source = mask, "auto-prompt"
+        self.layer.set_proposal(mask)
+        self.panel.status.setText(f"Proposal from the anomaly map ({len(queue)} left on this image, peak "
+                                  f"{item['prompt']['peak']:.2f}, IoU {item['score']:.2f}): Enter keeps it, "
+                                  "Del rejects it, clicks with the Segment tool refine it.")
+
+    def _next_pending(self) -> None:
+        if self.editor is not None and self._proposal_source == "auto-prompt":
+            queue = self.pending.get(self.editor.ann.key)
+            if queue:
+                queue.pop(0)
+
     def accept_proposal(self) -> None:
-        if self._proposal is not None and self.editor is not None:
+        if self._proposal is None:
+            return
+        if self.editor is not None:
             fineness = self.panel.fineness_spin.value()
             if fineness > 0 and self._proposal.any():
                 from engine.runtime.segmenter import mask_to_polygons
 
                 polygons = [p.tolist() for p in mask_to_polygons(self._proposal, fineness)]
-                self._apply(self.editor.add_polygons, polygons, self.panel.class_name(), "segmenter")
+                self._apply(self.editor.add_polygons, polygons, self.panel.class_name(), self._proposal_source)
             else:
-                self._apply(self.editor.add_mask, self._proposal, self.panel.class_name(), "segmenter")
+                self._apply(self.editor.add_mask, self._proposal, self.panel.class_name(), self._proposal_source)
         self.reject_proposal()
 
     def reject_proposal(self) -> None:
+        self._next_pending()
+        self._clear_proposal()
+        self._show_pending()
+
+    def _clear_proposal(self) -> None:
+        """Drop the proposal on screen and the prompts behind it (an auto-prompt one stays queued)."""
         self._points, self._labels, self._box = [], [], None
         self._proposal = self._low_res = None
+        self._proposal_source = "segmenter"
         self.layer.set_proposal(None)
 
     def shapes(self) -> list[Shape]:

@@ -78,6 +78,7 @@ class MainWindow(QMainWindow):
         self.model_dir: Path | None = None
         self.model_threshold = 0.5
         self._pending_score_jobs: set[str] = set()
+        self._pending_propose_jobs: set[str] = set()
         self._shown_key: str | None = None
 
         self.banner = QLabel()
@@ -169,6 +170,7 @@ class MainWindow(QMainWindow):
         m = bar.addMenu("&Model")
         self._action(m, "&Score dataset with the active model", self.score_dataset, "Ctrl+R")
         self._action(m, "Use model &folder…", self.choose_model)
+        self._action(m, "&Propose defect masks from the anomaly maps", self.propose_masks)
         m.addSeparator()
         self._action(m, "&Train…", self.open_train_dialog, "Ctrl+T")
         self._action(m, "&Evaluate…", self.open_eval_dialog)
@@ -416,7 +418,46 @@ class MainWindow(QMainWindow):
                          on_error=lambda msg: self.show_error(f"Scoring could not start: {msg}"))
         self.status_message.emit("Scoring submitted to the engine (see Jobs).")
 
+    def propose_masks(self) -> None:
+        """Batch auto-prompts: the engine turns each image's anomaly blobs into segmenter proposals."""
+        seg = self.annotations.segmenter_dir
+        if self.dataset is None or self.model_dir is None or seg is None:
+            self.show_error("Needs an open dataset, an anomaly model (Models panel) and a segmenter model "
+                            "(Annotate ▸ Segmenter model…).")
+            return
+        params = {"model": str(self.model_dir), "segmenter": str(seg), "data": str(self.dataset.root)}
+        if self.category:
+            params["category"] = self.category
+        self.link.submit("propose_masks", params, on_done=self._pending_propose_jobs.add,
+                         on_error=lambda msg: self.show_error(f"Proposals could not start: {msg}"))
+        self.status_message.emit("Proposing masks in the engine (see Jobs).")
+
+    def _on_proposals(self, folder: Path) -> None:
+        import json
+
+        def load() -> dict:
+            return json.loads((Path(folder) / "proposals.json").read_text())
+
+        def show(summary: dict) -> None:
+            if self.dataset is None or Path(summary.get("data", "")).resolve() != self.dataset.root.resolve():
+                self.status_message.emit("Proposals are for another dataset: not shown.")
+                return
+            n = self.annotations.set_pending(summary.get("items", {}))
+            self.findChild(QDockWidget, "Annotate").raise_()
+            self.status_message.emit(f"{n} proposed masks on {len(summary.get('items', {}))} images: "
+                                     "Enter keeps, Del rejects.")
+
+        self._background(load, show, lambda msg: self.show_error(f"Cannot read the proposals: {msg}"))
+
     def _on_job_finished(self, job: dict) -> None:
+        if job.get("id") in self._pending_propose_jobs:
+            self._pending_propose_jobs.discard(job["id"])
+            if job.get("state") == "succeeded":
+                self.link.fetch_artifact_dir(job, "proposals", self._on_proposals,
+                                             lambda msg: self.show_error(f"Cannot fetch the proposals: {msg}"))
+            elif job.get("state") == "failed":
+                self.show_error(f"Proposing masks failed: {job.get('error')}")
+            return
         if job.get("id") in self._pending_score_jobs:
             self._pending_score_jobs.discard(job["id"])
             if job.get("state") == "succeeded":

@@ -1,0 +1,33 @@
+"""The auto-prompt job kind: anomaly-map blobs -> segmenter prompts -> proposed defect masks for a dataset."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from engine.jobs.kinds import Device
+from engine.jobs.registry import JobKind, register_job_kind
+
+
+class ProposeMasksParams(BaseModel, extra="forbid"):
+    model: str = Field(description="exported anomaly model directory")
+    segmenter: str = Field(description="promptable segmenter directory (encoder.onnx, decoder.onnx)")
+    data: str = Field(description="dataset root")
+    category: str | None = None
+    splits: list[Literal["train", "validation", "test", "unspecified"]] | None = None
+    threshold: float | None = Field(default=None, description="map level of a blob (default: the model's own)")
+    out: str = Field(description="folder for proposals.json")
+    device: Device = "auto"
+
+
+register_job_kind(
+    JobKind(
+        name="propose_masks",
+        entry="engine.auto_prompts:propose_masks_job",
+        params=ProposeMasksParams,
+        description="Turn anomaly-map blobs into segmenter prompts and propose a defect mask for each",
+        outputs={"out": "proposals"},
+        path_params=("model", "segmenter", "data"),
+    )
+)

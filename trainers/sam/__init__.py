@@ -1,0 +1,1 @@
+"""Import SAM (ViT-B/L/H) and MobileSAM (TinyViT) checkpoints into the promptable-segmenter ONNX format."""

@@ -8,10 +8,7 @@ the decoder.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-import types
 import warnings
 from functools import partial
 from pathlib import Path
@@ -29,25 +26,10 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 OPSET = 17
 
 
-def import_segment_anything() -> types.ModuleType:
-    """`segment_anything` without running its package __init__.
-
-    The __init__ imports the automatic mask generator, which imports torchvision, which cannot be imported here
-    (see shared/docs/environment.md). The modeling classes and utils.onnx need nothing from it, so a bare package
-    module with the right __path__ lets their submodules import normally.
-    """
-    existing = sys.modules.get("segment_anything")
-    if existing is not None:
-        return existing
-    spec = importlib.util.find_spec("segment_anything")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("segment-anything is not installed")
-    pkg = types.ModuleType("segment_anything")
-    pkg.__path__ = list(spec.submodule_search_locations)
-    pkg.__file__ = spec.origin
-    pkg.__package__ = "segment_anything"
-    sys.modules["segment_anything"] = pkg
-    return pkg
+def import_segment_anything() -> None:
+    """segment_anything's modelling classes without its package __init__ (which needs torchvision): the one shim
+    in trainers.sam._segment_anything does it."""
+    import trainers.sam._segment_anything  # noqa: F401
 
 
 def build_tiny_sam(seed: int = 0) -> torch.nn.Module:

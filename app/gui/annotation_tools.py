@@ -14,6 +14,7 @@ import numpy as np
 from PySide6.QtCore import QObject, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QImage, QKeySequence, QPainter, QPainterPath, QPen, QShortcut
 from PySide6.QtWidgets import (
+    QApplication,
     QButtonGroup,
     QComboBox,
     QDoubleSpinBox,
@@ -23,6 +24,7 @@ from PySide6.QtWidgets import (
     QGraphicsSceneMouseEvent,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPushButton,
     QSpinBox,
     QStyleOptionGraphicsItem,
@@ -263,6 +265,11 @@ class AnnotationPanel(QWidget):
             b.setFocusPolicy(Qt.FocusPolicy.NoFocus)
             seg.addWidget(b)
         layout.addLayout(seg)
+        find = QHBoxLayout()
+        self.find_edit = QLineEdit()
+        self.find_edit.setPlaceholderText("Find defects by description, e.g. \"hairline crack\" (Enter)")
+        find.addWidget(self.find_edit)
+        layout.addLayout(find)
         self.status = QLabel("Choose a tool. Segment: click a defect (Shift/right-click: not defect), or drag a box.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -322,8 +329,17 @@ class AnnotationController(QObject):
             QShortcut(QKeySequence(key), window, activated=lambda t=tool: self.set_tool(t))
         QShortcut(QKeySequence.StandardKey.Undo, window, activated=self.undo)
         QShortcut(QKeySequence("Ctrl+Shift+Z"), window, activated=self.redo)
-        QShortcut(QKeySequence("Return"), window, activated=self.accept_proposal)
+        QShortcut(QKeySequence("Return"), window, activated=self._on_return)
         QShortcut(QKeySequence("Delete"), window, activated=self.reject_proposal)
+
+    def _on_return(self) -> None:
+        # A window-wide Enter shortcut would swallow Enter in text fields (the description search, the class):
+        # there it means "done typing", elsewhere "keep the proposal".
+        focus = QApplication.focusWidget()
+        if isinstance(focus, QLineEdit):
+            focus.returnPressed.emit()
+        else:
+            self.accept_proposal()
 
     # ---- dataset and image
     def set_dataset(self, root: Path, class_names: list[str]) -> None:

@@ -121,6 +121,11 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self._build_shortcuts()
         self.annotations = AnnotationController(self.image_view, self.annotation_panel, self)
+        self.annotation_panel.find_edit.returnPressed.connect(
+            lambda: self.find_defects(self.annotation_panel.find_edit.text()))
+        self._text_export_job: str | None = None
+        self._pending_query: str | None = None
+        self.text_matches: list[tuple[str, float]] = []
         self.image_view.image_shown.connect(self._on_image_shown)
 
         self.browser.current_changed.connect(self._on_current_changed)
@@ -418,6 +423,53 @@ class MainWindow(QMainWindow):
                          on_error=lambda msg: self.show_error(f"Scoring could not start: {msg}"))
         self.status_message.emit("Scoring submitted to the engine (see Jobs).")
 
+    # ----------------------------------------------------------------- text prompts
+    def find_defects(self, query: str) -> None:
+        """Match a typed description to the dataset's defect classes (sentence embeddings, ONNX, no torch); the
+        best match becomes the annotation class and the browser shows that defect type."""
+        if self.dataset is None or not query.strip():
+            return
+        folder = Path(str(self._settings().value("text/encoder_dir", "") or "/nonexistent"))
+        if not (folder / "text_encoder.onnx").is_file():
+            self._pending_query = query
+            if self._text_export_job is None:
+                self._text_export_job = "submitting"
+                self.link.submit("export_text_encoder", {}, on_done=self._on_text_job_submitted,
+                                 on_error=lambda m: self.show_error(f"Text prompts need the engine: {m}"))
+                self.annotation_panel.status.setText("Preparing the text model in the engine (once)…")
+            return
+        names = sorted({s.defect_type for s in self.dataset.samples if s.defect_type and s.defect_type != "good"}
+                       | set(self.dataset.class_names) | {self.annotation_panel.class_combo.itemText(i)
+                                                          for i in range(self.annotation_panel.class_combo.count())})
+
+        def match() -> list[tuple[str, float]]:
+            from engine.runtime.text import TextEncoder
+
+            return TextEncoder(folder).match(query, sorted(n for n in names if n))
+
+        self._background(match, lambda ranked: self._on_text_matches(query, ranked),
+                         lambda msg: self.show_error(f"Text prompt: {msg}"))
+
+    def _on_text_job_submitted(self, job_id: str) -> None:
+        self._text_export_job = job_id
+
+    def _on_text_matches(self, query: str, ranked: list[tuple[str, float]]) -> None:
+        self.text_matches = ranked
+        if not ranked:
+            self.annotation_panel.status.setText(f"No defect classes to match \"{query}\" against.")
+            return
+        best = ranked[0][0]
+        self.annotation_panel.class_combo.setCurrentText(best)
+        shown = ", ".join(f"{n} {s:.2f}" for n, s in ranked[:3])
+        types = {s.defect_type for s in self.dataset.samples} if self.dataset else set()
+        if best in types:
+            combo = self.browser.defect_combo
+            i = combo.findData(best)
+            if i >= 0:
+                combo.setCurrentIndex(i)
+        self.annotation_panel.status.setText(f"\"{query}\" matches {shown}: class set to {best}"
+                                             + (", browser shows that defect type." if best in types else "."))
+
     def propose_masks(self) -> None:
         """Batch auto-prompts: the engine turns each image's anomaly blobs into segmenter proposals."""
         seg = self.annotations.segmenter_dir
@@ -450,6 +502,19 @@ class MainWindow(QMainWindow):
         self._background(load, show, lambda msg: self.show_error(f"Cannot read the proposals: {msg}"))
 
     def _on_job_finished(self, job: dict) -> None:
+        if job.get("id") == self._text_export_job:
+            self._text_export_job = None
+            if job.get("state") == "succeeded":
+                def ready(folder: Path) -> None:
+                    self._settings().setValue("text/encoder_dir", str(folder))
+                    if self._pending_query:
+                        self.find_defects(self._pending_query)
+
+                self.link.fetch_artifact_dir(job, "text_encoder", ready,
+                                             lambda m: self.show_error(f"Cannot fetch the text model: {m}"))
+            else:
+                self.show_error(f"Preparing the text model failed: {job.get('error')}")
+            return
         if job.get("id") in self._pending_propose_jobs:
             self._pending_propose_jobs.discard(job["id"])
             if job.get("state") == "succeeded":

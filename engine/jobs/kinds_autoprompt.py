@@ -31,3 +31,19 @@ register_job_kind(
         path_params=("model", "segmenter", "data"),
     )
 )
+
+
+class ExportTextEncoderParams(BaseModel, extra="forbid"):
+    out: str = Field(description="folder for text_encoder.onnx, tokenizer.json, text_encoder.json")
+
+
+register_job_kind(
+    JobKind(
+        name="export_text_encoder",
+        entry="trainers.text.export:export_text_encoder_job",
+        params=ExportTextEncoderParams,
+        description="Export the pip-shipped all-MiniLM-L6-v2 to ONNX for text prompts (once per install)",
+        needs_torch=True,
+        outputs={"out": "text_encoder"},
+    )
+)

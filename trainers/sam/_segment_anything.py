@@ -32,6 +32,7 @@ def _ensure_package() -> None:
     bare.__path__ = list(spec.submodule_search_locations)
     bare.__file__ = spec.origin
     bare.__package__ = _PACKAGE
+    bare.__spec__ = spec  # importlib.util.find_spec("segment_anything") must keep working for everyone else
     sys.modules[_PACKAGE] = bare
 
 

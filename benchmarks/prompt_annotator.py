@@ -248,6 +248,8 @@ def render(result: dict[str, Any], meta: dict[str, Any], machine: str, train_wal
         f"frozen, embedding {meta['embedding_shape']}, decoder depth {c['decoder_depth']} / mlp "
         f"{c['decoder_mlp_dim']}) on the other half of every (dataset, category, defect type) group's defective "
         f"images: {t['n_train_images']} training images ({t['n_train_defects']} defects, x{c['flips']} flips), "
+        f"plus {t.get('n_synthetic_defects', 0)} synthetic defects on {c.get('synthetic_images', 0)} good images "
+        f"of the same sets ({100 * c.get('synthetic_share', 0):.0f}% of the draws); "
         f"{t['steps']} steps ({t['epochs_fraction']} epochs, stopped by {t['stopped_by']}), training loop "
         f"{t['seconds_train']:.0f} s, total {t['seconds_total']:.0f} s"
         + (f" (wall incl. start-up {train_wall_s:.0f} s)" if train_wall_s else "")
@@ -295,8 +297,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "prompt_annotator"))
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
-    ap.add_argument("--time-budget", type=float, default=1200.0, help="seconds of the training loop")
-    ap.add_argument("--epochs", type=int, default=200)
+    ap.add_argument("--time-budget", type=float, default=3600.0, help="seconds of the training loop (at most)")
+    ap.add_argument("--epochs", type=int, default=8, help="passes over the training draws (the usual stop)")
+    ap.add_argument("--synthetic-images", type=int, default=600,
+                    help="synthetic defects pasted on the sets' good images (trainers.promptseg.synthetic)")
+    ap.add_argument("--synthetic-share", type=float, default=0.3, help="their share of the training draws")
     ap.add_argument("--input-size", type=int, default=512)
     ap.add_argument("--embed-dim", type=int, default=128)
     ap.add_argument("--mlp-dim", type=int, default=1024)
@@ -316,7 +321,8 @@ def main() -> int:
         from trainers.promptseg.fit import TrainConfig, train_segmenter
 
         cfg = TrainConfig(input_size=args.input_size, embed_dim=args.embed_dim, decoder_mlp_dim=args.mlp_dim,
-                          epochs=args.epochs, time_budget_s=args.time_budget, holdout_fraction=0.5, device="cpu")
+                          epochs=args.epochs, time_budget_s=args.time_budget, holdout_fraction=0.5, device="cpu",
+                          synthetic_images=args.synthetic_images, synthetic_share=args.synthetic_share)
         if args.lr:
             cfg.lr = args.lr
         t0 = time.perf_counter()

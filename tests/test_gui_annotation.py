@@ -138,3 +138,41 @@ def test_auto_prompt_proposals_are_accepted_or_rejected_one_by_one(qtbot, window
     qtbot.keyClick(w, Qt.Key.Key_Delete)  # reject it
     assert w.annotations._proposal is None and len(w.annotations.shapes()) == before + 1
     assert w.annotations.pending[key] == []
+
+
+@pytest.mark.slow
+def test_segmenter_retrains_in_the_engine_on_masks_drawn_here_and_loads(qtbot, window):
+    """Draw a defect on a good image, Model ▸ Train segmenter: a real local engine trains on the dataset's masks
+    plus the drawn one (and synthetic defects), and the new segmenter loads into the Annotate dock."""
+    import json
+
+    from app.gui.engine_link import EngineSettings
+    from engine.datasets.types import GOOD
+
+    w = window
+    w.link.start(EngineSettings(mode="local", url="", token="", tls_ca=""))
+    good_key = next(k for k, s in w.samples.items() if s.label == GOOD)
+    with qtbot.waitSignal(w.image_view.image_shown, timeout=10_000, check_params_cb=lambda k: k == good_key):
+        w.browser.select_key(good_key)
+    qtbot.waitUntil(lambda: w.annotations.editor is not None and w.annotations.editor.ann.key == good_key,
+                    timeout=10_000)
+    w.annotation_panel.class_combo.setCurrentText("scratch")
+    w.annotations._on_polygon([(60.0, 60.0), (120.0, 64.0), (118.0, 80.0), (62.0, 76.0)])
+    assert [s.kind for s in w.annotations.shapes()] == ["polygon"]
+
+    qtbot.waitUntil(lambda: w.link.state == "connected", timeout=60_000)
+    w.segmenter_job_params = {"input_size": 128, "epochs": 2, "time_budget_s": 60, "synthetic_images": 6,
+                              "holdout_fraction": 0.0, "device": "cpu"}
+    w.train_segmenter()
+    qtbot.waitUntil(lambda: bool(w._pending_segmenter_jobs), timeout=30_000)
+    job_id = next(iter(w._pending_segmenter_jobs))
+    with qtbot.waitSignal(w.link.job_finished, timeout=240_000,
+                          check_params_cb=lambda job: job["id"] == job_id) as finished:
+        pass
+    assert finished.args[0]["state"] == "succeeded", finished.args[0]
+    qtbot.waitUntil(lambda: w.annotations.segmenter is not None, timeout=30_000)
+    meta = json.loads((w.annotations.segmenter_dir / "segmenter.json").read_text())
+    trained_on = {Path(p).name for p in meta["training"]["images_train"]}
+    assert w.samples[good_key].image_path.name in trained_on  # the drawn mask was learned from
+    assert meta["training"]["n_synthetic_defects"] >= 1
+    assert "ready" in w.annotation_panel.status.text()

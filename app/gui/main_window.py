@@ -79,6 +79,9 @@ class MainWindow(QMainWindow):
         self.model_threshold = 0.5
         self._pending_score_jobs: set[str] = set()
         self._pending_propose_jobs: set[str] = set()
+        self._pending_segmenter_jobs: set[str] = set()
+        # What "Train segmenter" asks of the engine besides the data (the job kind's defaults otherwise).
+        self.segmenter_job_params: dict[str, Any] = {"synthetic_images": 300}
         self._shown_key: str | None = None
 
         self.banner = QLabel()
@@ -176,6 +179,7 @@ class MainWindow(QMainWindow):
         self._action(m, "&Score dataset with the active model", self.score_dataset, "Ctrl+R")
         self._action(m, "Use model &folder…", self.choose_model)
         self._action(m, "&Propose defect masks from the anomaly maps", self.propose_masks)
+        self._action(m, "Train &segmenter on the defect masks", self.train_segmenter)
         m.addSeparator()
         self._action(m, "&Train…", self.open_train_dialog, "Ctrl+T")
         self._action(m, "&Evaluate…", self.open_eval_dialog)
@@ -484,6 +488,44 @@ class MainWindow(QMainWindow):
                          on_error=lambda msg: self.show_error(f"Proposals could not start: {msg}"))
         self.status_message.emit("Proposing masks in the engine (see Jobs).")
 
+    def segmenter_training_data(self) -> Path:
+        """The open dataset with the engineer's drawn annotations as its labels, written as an MVTec layout
+        (images linked, masks rasterised) for a train_segmenter job. Runs off the GUI thread."""
+        import hashlib
+
+        from app.annotate.document import annotated_dataset
+        from engine.datasets.writers import export_dataset
+
+        ds, store = self.dataset, self.annotations.store
+        if ds is None:
+            raise DefectScopeError("no dataset is open")
+        labelled = annotated_dataset(ds, store) if store is not None else ds
+        tag = hashlib.sha256(str(ds.root.resolve()).encode()).hexdigest()[:12]
+        out = default_data_home() / "segmenter_data" / f"{ds.root.name}-{tag}"
+        export_dataset(labelled, out, "mvtec", copy_images=False, overwrite=True)
+        return out
+
+    def train_segmenter(self) -> None:
+        """Retrain DefectScope's promptable segmenter on this dataset's masks plus the ones drawn here."""
+        if self.dataset is None:
+            self.show_error("Open a dataset with defect masks (or draw some in the Annotate dock) first.")
+            return
+        if not self.link.is_local:
+            # The export lives on this computer; a remote engine would not see it.
+            self.show_error("Training the segmenter on drawn masks needs the local engine (Engine ▸ Settings); "
+                            "on a remote engine, submit train_segmenter with a dataset path on that server.")
+            return
+
+        def submit(data: Path) -> None:
+            self.link.submit("train_segmenter", {**self.segmenter_job_params, "data": str(data)},
+                             on_done=self._pending_segmenter_jobs.add,
+                             on_error=lambda msg: self.show_error(f"Segmenter training could not start: {msg}"))
+            self.status_message.emit("Training the segmenter in the engine (see Jobs); it loads when done.")
+
+        self.status_message.emit("Collecting the defect masks for the segmenter…")
+        self._background(self.segmenter_training_data, submit,
+                         lambda msg: self.show_error(f"Segmenter training data: {msg}"))
+
     def _on_proposals(self, folder: Path) -> None:
         import json
 
@@ -522,6 +564,14 @@ class MainWindow(QMainWindow):
                                              lambda msg: self.show_error(f"Cannot fetch the proposals: {msg}"))
             elif job.get("state") == "failed":
                 self.show_error(f"Proposing masks failed: {job.get('error')}")
+            return
+        if job.get("id") in self._pending_segmenter_jobs:
+            self._pending_segmenter_jobs.discard(job["id"])
+            if job.get("state") == "succeeded":
+                self.link.fetch_artifact_dir(job, "segmenter", self.annotations.load_segmenter,
+                                             lambda msg: self.show_error(f"Cannot fetch the segmenter: {msg}"))
+            elif job.get("state") == "failed":
+                self.show_error(f"Segmenter training failed: {job.get('error')}")
             return
         if job.get("id") in self._pending_score_jobs:
             self._pending_score_jobs.discard(job["id"])

@@ -25,6 +25,11 @@ class TrainSegmenterParams(BaseModel, extra="forbid"):
                                         description="stop the training loop after this many seconds")
     holdout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0,
                                     description="defective images held out per defect type to measure IoU")
+    synthetic_images: int = Field(default=300, ge=0, le=100_000,
+                                  description="synthetic defects pasted on the datasets' good images, added to "
+                                              "the real masks (0: real masks only)")
+    synthetic_share: float = Field(default=0.3, ge=0.0, le=1.0,
+                                   description="share of the training draws that are synthetic defects")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = Field(default=0, ge=0)
 

@@ -9,7 +9,7 @@ same images are held out on every run (the benchmark scores exactly the held-out
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +71,7 @@ class DefectExample:
     inside: np.ndarray  # K x 2 (x, y) defect pixels
     ring: np.ndarray  # M x 2 (x, y) background pixels just outside the defect
     content: tuple[int, int]  # (h, w) of the resized image inside the padded frame
+    group: str = ""  # "<dataset root>|<category>", for balanced sampling
 
 
 @dataclass
@@ -192,6 +193,28 @@ def defect_examples(mask: np.ndarray, defects: list[Defect], input_size: int, lo
     return out
 
 
+def _add_image(cache: FeatureCache, image: np.ndarray, mask: np.ndarray, group: str,
+               taps_session: ort.InferenceSession, input_size: int, loss_size: int, flips: Sequence[int | None],
+               merge_gap_fraction: float, min_area_model_px: float, ring_fraction: float,
+               rng: np.random.Generator) -> bool:
+    """Trunk taps and defect examples of one image in every flip variant; False when it has no usable defect."""
+    defects_any = image_defects(mask, merge_gap_fraction, min_area_model_px, input_size)
+    if not defects_any:
+        return False
+    for code in flips:
+        img = image if code is None else np.ascontiguousarray(cv2.flip(image, code))
+        m = mask if code is None else cv2.flip(mask.astype(np.uint8), code) > 0
+        defects = defects_any if code is None else image_defects(m, merge_gap_fraction, min_area_model_px,
+                                                                 input_size)
+        taps = taps_session.run(None, {"image": img})
+        cache.taps.append(tuple(t[0].astype(np.float16) for t in taps))  # type: ignore[arg-type]
+        examples = defect_examples(m, defects, input_size, loss_size, len(cache.taps) - 1, ring_fraction, rng)
+        for ex in examples:
+            ex.group = group
+        cache.examples.extend(examples)
+    return True
+
+
 def build_cache(
     items: list[MaskedImage],
     taps_session: ort.InferenceSession,
@@ -203,10 +226,20 @@ def build_cache(
     ring_fraction: float,
     seed: int,
     progress: Callable[[int, int], None] | None = None,
+    synthetic: Iterable[tuple[np.ndarray, np.ndarray, str]] = (),
+    n_synthetic: int = 0,
 ) -> FeatureCache:
-    """Trunk taps and defect examples of every image in every flip variant (unreadable files are skipped)."""
+    """Trunk taps and defect examples of every image in every flip variant (unreadable files are skipped).
+
+    `synthetic` (image, mask, group) samples (`n_synthetic` of them, for progress) are added once each, without
+    flips (they are random already).
+    """
     cache = FeatureCache()
     rng = np.random.default_rng(seed)
+    common = dict(taps_session=taps_session, input_size=input_size, loss_size=loss_size,
+                  merge_gap_fraction=merge_gap_fraction, min_area_model_px=min_area_model_px,
+                  ring_fraction=ring_fraction, rng=rng)
+    total = len(items) + n_synthetic
     for i, item in enumerate(items):
         try:
             image = read_image(item.image_path)
@@ -214,18 +247,13 @@ def build_cache(
         except DefectScopeError as exc:
             cache.skipped.append(str(exc))
             continue
-        defects_any = image_defects(mask, merge_gap_fraction, min_area_model_px, input_size)
-        if defects_any:
+        if _add_image(cache, image, mask, f"{item.root}|{item.category or ''}", flips=flips,
+                      **common):  # type: ignore[arg-type]
             cache.images.append(str(item.image_path))
-            for code in flips:
-                img = image if code is None else np.ascontiguousarray(cv2.flip(image, code))
-                m = mask if code is None else cv2.flip(mask.astype(np.uint8), code) > 0
-                defects = defects_any if code is None else image_defects(
-                    m, merge_gap_fraction, min_area_model_px, input_size)
-                taps = taps_session.run(None, {"image": img})
-                cache.taps.append(tuple(t[0].astype(np.float16) for t in taps))  # type: ignore[arg-type]
-                cache.examples.extend(defect_examples(
-                    m, defects, input_size, loss_size, len(cache.taps) - 1, ring_fraction, rng))
         if progress:
-            progress(i + 1, len(items))
+            progress(i + 1, total)
+    for j, (image, mask, group) in enumerate(synthetic):
+        _add_image(cache, image, mask, group, flips=FLIPS[:1], **common)  # type: ignore[arg-type]
+        if progress:
+            progress(len(items) + j + 1, total)
     return cache

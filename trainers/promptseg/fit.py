@@ -45,6 +45,7 @@ from trainers.promptseg.data import (
 from trainers.promptseg.export import atomic_write, cpu_session, export_segmenter, trunk_taps_model
 from trainers.promptseg.model import ArchConfig, build_sam, decode_batch, exportable_decoder
 from trainers.promptseg.prompts import correction_click, jitter_box
+from trainers.promptseg.synthetic import good_images, synthetic_samples
 
 PAD, NEG, POS, BOX_TL, BOX_BR = -1.0, 0.0, 1.0, 2.0, 3.0
 EVAL_LIMIT = 128  # defect variants measured per figure in segmenter.json (every k-th, spread over the set)
@@ -73,6 +74,13 @@ class TrainConfig:
     merge_gap_fraction: float = 0.02  # defect parts closer than this fraction of the long side are one defect
     min_defect_area: float = 4.0  # defects smaller than this many model-frame pixels are not prompted
     ring_fraction: float = 0.03  # negative points are drawn this far (fraction of the long side) around a defect
+    # Sampling across (dataset, category) groups: "sqrt" draws each group in proportion to the square root of its
+    # size, so a category with 9 images is not drowned by one with 200; "none" draws every defect equally.
+    balance: str = "sqrt"
+    # Synthetic defects (synthetic.py) pasted on good images of the same datasets, and their share of the
+    # draws; they carry the generic "segment what differs inside the box" skill when real masks are few.
+    synthetic_images: int = 0
+    synthetic_share: float = 0.3
     device: str = "auto"
     seed: int = 0
 
@@ -284,6 +292,30 @@ class LoopResult:
     recent_iou: list[float]
 
 
+SYNTHETIC_GROUP = "synthetic|"
+
+
+def _sampling_weights(cache: FeatureCache, balance: str, synthetic_share: float) -> np.ndarray | None:
+    """Per-example draw probabilities: synthetic defects get `synthetic_share` of the draws (when there are
+    any), real ones the rest, balanced over their (dataset, category) groups as `balance` says."""
+    if balance not in ("sqrt", "none"):
+        raise DefectScopeError(f"balance must be 'sqrt' or 'none' (got '{balance}')")
+    groups = [ex.group for ex in cache.examples]
+    synthetic = np.array([g.startswith(SYNTHETIC_GROUP) for g in groups])
+    if balance == "none" and not synthetic.any():
+        return None
+    counts: dict[str, int] = {}
+    for g in groups:
+        counts[g] = counts.get(g, 0) + 1
+    w = np.array([1.0 / math.sqrt(counts[g]) if balance == "sqrt" else 1.0 for g in groups])
+    w[synthetic] = 1.0
+    real = ~synthetic
+    if synthetic.any() and real.any():
+        w[synthetic] *= synthetic_share / w[synthetic].sum()
+        w[real] *= (1.0 - synthetic_share) / w[real].sum()
+    return w / w.sum()
+
+
 def fit_decoder(sam: Any, train_cache: FeatureCache, cfg: TrainConfig, device: torch.device,
                 rng: np.random.Generator, report: Progress) -> LoopResult:
     """The optimisation loop (neck, prompt encoder, decoder) on cached trunk taps; `report` gets 0..1."""
@@ -303,8 +335,9 @@ def fit_decoder(sam: Any, train_cache: FeatureCache, cfg: TrainConfig, device: t
     # Rounds of corrective clicks (without gradients) before the trained round: 0 with p=0.35, else uniform.
     round_probs = (np.array([0.35] + [0.65 / cfg.max_correction_rounds] * cfg.max_correction_rounds)
                    if cfg.max_correction_rounds > 0 else np.array([1.0]))
+    weights = _sampling_weights(train_cache, cfg.balance, cfg.synthetic_share)
     while not stop and epoch < cfg.epochs:
-        order = rng.permutation(n_ex)
+        order = rng.permutation(n_ex) if weights is None else rng.choice(n_ex, n_ex, p=weights)
         for start in range(0, n_ex, cfg.batch_size):
             elapsed = time.perf_counter() - t_loop
             frac = step / max_steps
@@ -366,15 +399,21 @@ def train_segmenter(
 
     sam = build_sam(arch)
     taps = cpu_session(trunk_taps_model(sam, cfg.input_size))
-    n_cache = len(train_items) + len(hold_items)
 
     def cache_progress(offset: int) -> Any:
         return lambda i, _n: report(0.2 * (offset + i) / n_cache, f"image features {offset + i}/{n_cache}")
 
     common = dict(input_size=cfg.input_size, loss_size=loss_size, merge_gap_fraction=cfg.merge_gap_fraction,
                   min_area_model_px=cfg.min_defect_area, ring_fraction=cfg.ring_fraction, seed=cfg.seed)
-    train_cache = build_cache(train_items, taps, flips=FLIPS[: cfg.flips], progress=cache_progress(0), **common)
-    hold_cache = build_cache(hold_items, taps, flips=FLIPS[:1], progress=cache_progress(len(train_items)),
+    goods = good_images([(s.root, s.categories) for s in sources]) if cfg.synthetic_images > 0 else []
+    if cfg.synthetic_images > 0 and not goods:
+        report(0.0, "no good images to paste synthetic defects on: training on the real masks only")
+    n_syn = cfg.synthetic_images if goods else 0
+    n_cache = len(train_items) + n_syn + len(hold_items)
+    train_cache = build_cache(train_items, taps, flips=FLIPS[: cfg.flips], progress=cache_progress(0),
+                              synthetic=synthetic_samples(goods, n_syn, cfg.seed + 1), n_synthetic=n_syn,
+                              **common)
+    hold_cache = build_cache(hold_items, taps, flips=FLIPS[:1], progress=cache_progress(len(train_items) + n_syn),
                              **common)
     del taps
     if not train_cache.examples:
@@ -391,7 +430,10 @@ def train_segmenter(
 
     # --- measured quality (training frame, exact boxes); capped subsets keep this to seconds
     report(0.9, "measuring IoU on training and held-out defects")
-    train_iou = box_iou(sam, train_cache, cfg, device, loss_size, limit=EVAL_LIMIT)
+    real = [ex for ex in train_cache.examples if not ex.group.startswith(SYNTHETIC_GROUP)]
+    n_synthetic_defects = len(train_cache.examples) - len(real)
+    train_iou = box_iou(sam, FeatureCache(taps=train_cache.taps, examples=real), cfg, device, loss_size,
+                        limit=EVAL_LIMIT)
     val_iou = box_iou(sam, hold_cache, cfg, device, loss_size, limit=EVAL_LIMIT)
     val_iou_3 = box_iou(sam, hold_cache, cfg, device, loss_size, clicks=3, limit=EVAL_LIMIT)
 
@@ -409,7 +451,8 @@ def train_segmenter(
             "images_holdout": hold_cache.images,
             "n_train_images": len(train_cache.images),
             "n_holdout_images": len(hold_cache.images),
-            "n_train_defects": len(train_cache.examples) // cfg.flips,
+            "n_train_defects": len(real) // cfg.flips,
+            "n_synthetic_defects": n_synthetic_defects,
             "n_holdout_defects": len(hold_cache.examples),
             "skipped_files": train_cache.skipped + hold_cache.skipped,
             "epochs_completed": epoch,

@@ -12,6 +12,7 @@ def train_job(params: TrainSegmenterParams, progress: Progress) -> dict:
     cfg = TrainConfig(
         input_size=params.input_size, epochs=params.epochs, time_budget_s=params.time_budget_s,
         holdout_fraction=params.holdout_fraction, device=params.device, seed=params.seed,
+        synthetic_images=params.synthetic_images, synthetic_share=params.synthetic_share,
     )
     source = DataSource(params.data, tuple(params.categories) if params.categories else None)
     result = train_segmenter([source], params.out, cfg, progress)

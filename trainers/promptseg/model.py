@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainers.common.efficientnet_lite import PIXEL_MEAN, PIXEL_STD, EfficientNetLiteFeatures
-from trainers.promptseg.sam_modules import modeling, sam_onnx_model_class
+from trainers.sam import _segment_anything as sa
 
 # Trunk taps (0-based EfficientNet stages) at strides 8, 16, 32.
 TAPS = (2, 4, 6)
@@ -130,17 +130,16 @@ class TrunkTaps(nn.Module):
 
 def build_sam(arch: ArchConfig) -> Any:
     """A segment_anything `Sam` with our encoder and freshly initialised prompt encoder / mask decoder."""
-    m = modeling()
     e = arch.embedding_size
-    prompt_encoder = m.PromptEncoder(
+    prompt_encoder = sa.PromptEncoder(
         embed_dim=arch.embed_dim,
         image_embedding_size=(e, e),
         input_image_size=(arch.input_size, arch.input_size),
         mask_in_chans=MASK_IN_CHANS,
     )
-    decoder = m.MaskDecoder(
+    decoder = sa.MaskDecoder(
         num_multimask_outputs=3,
-        transformer=m.TwoWayTransformer(
+        transformer=sa.TwoWayTransformer(
             depth=arch.decoder_depth, embedding_dim=arch.embed_dim, mlp_dim=arch.decoder_mlp_dim,
             num_heads=arch.decoder_heads,
         ),
@@ -148,7 +147,7 @@ def build_sam(arch: ArchConfig) -> Any:
         iou_head_depth=3,
         iou_head_hidden_dim=256,
     )
-    return m.Sam(
+    return sa.Sam(
         image_encoder=EffNetImageEncoder(arch),
         prompt_encoder=prompt_encoder,
         mask_decoder=decoder,
@@ -166,9 +165,7 @@ def exportable_decoder(sam: Any) -> nn.Module:
     arange(h) / arange(w) traces to Range + Gather, which follow the input. The values are identical (checked
     against the original method in the parity test).
     """
-    base = sam_onnx_model_class()
-
-    class _SamOnnxDynamicCrop(base):  # type: ignore[misc, valid-type]
+    class _SamOnnxDynamicCrop(sa.SamOnnxModel):  # type: ignore[misc]
         def mask_postprocessing(self, masks: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
             masks = F.interpolate(masks, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
             pre = self.resize_longest_image_size(orig_im_size, self.img_size)

@@ -73,20 +73,21 @@ def test_generated_set_has_the_mvtec3d_layout_and_both_kinds_of_defect(demo3d: P
             assert xyz.shape[:2] == mask.shape and valid_points(xyz).mean() > 0.95
 
 
-def test_geometric_defects_do_not_show_in_colour_and_stains_not_in_3d() -> None:
+def test_geometric_defects_barely_show_in_colour_and_stains_not_in_3d() -> None:
     size = 96
     for name, in_rgb, in_3d in (("dent", False, True), ("bump", False, True), ("stain", True, False)):
         scene = CATEGORIES["dome"](np.random.default_rng(1), size)
         clean_h, clean_a = scene.height.copy(), scene.albedo.copy()
         mask = DEFECTS[name](scene, np.random.default_rng(2))
         assert mask.any()
-        rgb_d, xyz_d = render(scene, clean_h, np.random.default_rng(3))
+        rgb_d, xyz_d = render(scene, np.random.default_rng(3))
         scene.height, scene.albedo = clean_h, clean_a
-        rgb_c, xyz_c = render(scene, clean_h, np.random.default_rng(3))
+        rgb_c, xyz_c = render(scene, np.random.default_rng(3))
+        # mean change inside the defect, in grey levels; camera noise alone is ~2.5
         rgb_diff = np.abs(rgb_d.astype(int) - rgb_c.astype(int)).max(-1)[mask].mean()
         z_diff = np.abs(xyz_d[..., 2] - xyz_c[..., 2])[mask].max()
-        assert (rgb_diff > 10) == in_rgb, (name, rgb_diff)
-        assert (z_diff > 0.5) == in_3d, (name, z_diff)
+        assert (rgb_diff > 15) == in_rgb and rgb_diff < 500, (name, rgb_diff)
+        assert (z_diff > 0.3) == in_3d, (name, z_diff)
 
 
 def test_preprocessing_keeps_the_part_drops_background_and_strays_and_caches(demo3d: Path, tmp_path: Path) -> None:

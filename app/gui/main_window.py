@@ -130,6 +130,10 @@ class MainWindow(QMainWindow):
         self._pending_query: str | None = None
         self.text_matches: list[tuple[str, float]] = []
         self.image_view.image_shown.connect(self._on_image_shown)
+        # The 3D dock is made on the first part that has a point cloud (OpenGL is not set up for 2D-only work).
+        self.cloud_view: Any = None
+        self._cloud_key: str | None = None
+        self._pixel_marker: Any = None
 
         self.browser.current_changed.connect(self._on_current_changed)
         self.review.verdict_requested.connect(self.set_verdict)
@@ -309,10 +313,87 @@ class MainWindow(QMainWindow):
         if size is None or sample is None or key != self._shown_key:
             return
         self.annotations.show_image(key, sample.image_path, *size)
+        self._show_cloud(key, sample)
         visible = self.browser.visible_keys()
         if key in visible:
             i = visible.index(key)
             self.annotations.prefetch([self.samples[k].image_path for k in visible[i + 1:i + 3] if k in self.samples])
+
+    # ----------------------------------------------------------------- 3D
+    def _ensure_cloud_view(self) -> Any:
+        if self.cloud_view is None:
+            import pyqtgraph as pg
+
+            from app.gui.cloud_view import CloudView
+
+            self.cloud_view = CloudView()
+            dock = self._dock("3D", self.cloud_view)
+            self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+            self.cloud_view.pixel_selected.connect(self._on_cloud_pixel)
+            self._pixel_marker = pg.ScatterPlotItem(size=14, pen=pg.mkPen("r", width=2), brush=None)
+            self.image_view.view_box.addItem(self._pixel_marker)
+            self.image_view.view_box.scene().sigMouseClicked.connect(self._on_image_click)
+        return self.cloud_view
+
+    def _show_cloud(self, key: str, sample: Sample) -> None:
+        xyz_path = sample.extra.get("xyz_path") if sample.extra else None
+        if xyz_path is None:
+            if self.cloud_view is not None:
+                self.cloud_view.set_cloud(None)
+            return
+        view = self._ensure_cloud_view()
+        amap = self.predictions.anomaly_map(key) if self.predictions else None
+
+        def load() -> tuple[np.ndarray, np.ndarray]:
+            from engine.datasets.imageio import read_image
+            from engine.datasets.pointcloud import read_xyz
+
+            return read_xyz(xyz_path), read_image(sample.image_path)
+
+        def show(result: tuple[np.ndarray, np.ndarray]) -> None:
+            if key == self._shown_key:
+                self._cloud_key = key
+                view.set_cloud(result[0], result[1], amap)
+                if self._pixel_marker is not None:
+                    self._pixel_marker.clear()
+
+        self._background(load, show, lambda msg: (view.set_cloud(None), self.status_message.emit(msg)))
+
+    def _cloud_scale(self) -> tuple[float, float] | None:
+        """(rows, cols) of the cloud grid per image pixel; None without a cloud or an image."""
+        size = self.image_view.image_size
+        if self.cloud_view is None or self.cloud_view.xyz is None or size is None:
+            return None
+        h, w = self.cloud_view.xyz.shape[:2]
+        return h / size[1], w / size[0]
+
+    def _on_image_click(self, ev: Any) -> None:
+        """A click on the image (with the pan tool) highlights the part's 3D point under it."""
+        scale = self._cloud_scale()
+        if scale is None or self.annotations.layer.tool != "pan" or self._cloud_key != self._shown_key:
+            return
+        p = self.image_view.view_box.mapSceneToView(ev.scenePos())
+        self.select_image_pixel(int(p.y()), int(p.x()))
+
+    def select_image_pixel(self, row: int, col: int) -> bool:
+        """Highlight image pixel (row, col) in the image and its 3D point; False when it has no 3D point."""
+        scale = self._cloud_scale()
+        if scale is None:
+            return False
+        ok = self.cloud_view.select_pixel(int(row * scale[0]), int(col * scale[1]))
+        self._pixel_marker.setData([col + 0.5], [row + 0.5])
+        if not ok:
+            self.status_message.emit(f"Pixel ({col}, {row}) has no measured 3D point.")
+        return ok
+
+    def _on_cloud_pixel(self, row: int, col: int) -> None:
+        scale = self._cloud_scale()
+        if scale is None:
+            return
+        r, c = (row + 0.5) / scale[0], (col + 0.5) / scale[1]
+        self._pixel_marker.setData([c], [r])
+        x, y, z = (float(v) for v in self.cloud_view.xyz[row, col])
+        self.status_message.emit(f"Pixel ({int(c)}, {int(r)}): x {x:.2f}, y {y:.2f}, z {z:.2f}")
 
     def _on_mask(self, key: str, mask: np.ndarray | None) -> None:
         if mask is not None and key == self._shown_key:  # the user may have moved on while it decoded

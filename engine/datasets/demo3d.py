@@ -3,11 +3,11 @@
 Two products: `dome` (a cap-shaped part on a tilted background plate; an object) and `tile` (a raised flat
 tile filling most of the view; a surface). Each sample is an organised point cloud (H x W x 3 float32, x / y
 in mm on the sensor grid, z = distance from the sensor, zeros where nothing was measured), the matching RGB
-image (rendered from the part's colour and the shading of its *defect-free* surface, so a purely geometric
-defect does not show in colour), and a ground-truth mask.
+image (the part's colour under a near-frontal light, so the shading of a shallow dent changes a pixel by a few
+grey levels only: about the camera noise), and a ground-truth mask.
 
 Defect types (a registry, like the 2D demo's):
-  dent, bump   3D only (the surface moves by about 1 mm; colour and shading are unchanged)
+  dent, bump   3D only (the surface moves by 0.4-0.7 mm; colour unchanged, shading by a few grey levels)
   stain        colour only (the geometry is untouched)
   hole, crack  both (material is gone or grooved, and it is dark)
 Good samples vary in pose, colour, texture, sensor noise and missing points (occlusion at the part's rim).
@@ -32,7 +32,7 @@ import numpy as np
 
 from engine.datasets.pointcloud import write_xyz
 
-DEMO3D_VERSION = 1
+DEMO3D_VERSION = 2
 MANIFEST_NAME = "demo3d.json"
 PITCH_MM = 0.25  # sensor grid spacing
 SENSOR_DISTANCE_MM = 300.0
@@ -114,11 +114,11 @@ def _spot_on_part(scene: Scene, rng: np.random.Generator, margin: int) -> tuple[
 
 def _gauss(scene: Scene, rng: np.random.Generator, sign: float) -> np.ndarray:
     size = scene.height.shape[0]
-    sigma = size * rng.uniform(0.03, 0.05)
+    sigma = size * rng.uniform(0.035, 0.055)
     cx, cy = _spot_on_part(scene, rng, int(3 * sigma))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     g = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
-    scene.height += (sign * rng.uniform(1.0, 1.6) * g * scene.part).astype(np.float32)
+    scene.height += (sign * rng.uniform(0.4, 0.7) * g * scene.part).astype(np.float32)
     return (g > 0.25) & scene.part
 
 
@@ -181,14 +181,14 @@ def _shading(height: np.ndarray) -> np.ndarray:
     gy, gx = np.gradient(height / PITCH_MM)
     n = np.stack([-gx, -gy, np.ones_like(gx)], -1)
     n /= np.linalg.norm(n, axis=-1, keepdims=True)
-    light = np.array([0.35, -0.45, 0.82])
-    return np.clip(0.35 + 0.75 * (n @ (light / np.linalg.norm(light))), 0.0, 1.2).astype(np.float32)
+    light = np.array([0.15, -0.2, 0.97])  # near-frontal, like a ring light: shallow slopes barely shade
+    return np.clip(0.55 + 0.45 * (n @ (light / np.linalg.norm(light))), 0.0, 1.2).astype(np.float32)
 
 
-def render(scene: Scene, clean_height: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(rgb uint8, xyz float32) of a scene; shading comes from `clean_height` (the part without defects)."""
+def render(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(rgb uint8, xyz float32) of a scene."""
     size = scene.height.shape[0]
-    rgb = scene.albedo * _shading(clean_height)[..., None]
+    rgb = scene.albedo * _shading(scene.height)[..., None]
     rgb = rgb + rng.normal(0, 0.01, rgb.shape)
     rgb8 = np.clip(rgb * 255, 0, 255).astype(np.uint8)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -210,11 +210,8 @@ def make_sample(category: str, defect: str | None, rng: np.random.Generator, siz
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rgb, xyz, mask) of one sample; defect None = good."""
     scene = CATEGORIES[category](rng, size)
-    clean = scene.height.copy()
     mask = np.zeros((size, size), bool) if defect is None else DEFECTS[defect](scene, rng)
-    if defect in ("hole", "crack"):
-        clean = scene.height  # material really is gone there: its shading changes too
-    rgb, xyz = render(scene, clean, rng)
+    rgb, xyz = render(scene, rng)
     return rgb, xyz, mask
 
 

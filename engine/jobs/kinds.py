@@ -76,4 +76,5 @@ register_job_kind(
     )
 )
 
+import engine.jobs.kinds_multimodal  # noqa: E402  (registers the RGB + 3D kind)
 import engine.jobs.kinds_segmentation  # noqa: E402,F401  (registers the segmentation kinds)

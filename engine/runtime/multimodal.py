@@ -1,0 +1,185 @@
+"""RGB + 3D anomaly model at inspection time (torch-free): two memory banks, cross-modal stand-ins, fusion.
+
+A model folder (written by trainers.multimodal) holds:
+  rgb_features.onnx   image (H x W x 3 uint8) -> 1 x D x g x g patch features (resize inside the graph)
+  rgb_to_geo.onnx     N x D standardised RGB features -> N x 33 standardised 3D features (distillation)
+  geo_to_rgb.onnx     the reverse
+  banks.npz           coresets of standardised patch features: rgb, geo (measured) and rgb_pred, geo_pred
+                      (the stand-ins predicted for the training images), plus the standardisation statistics
+  multimodal.json     grid sizes, preprocessing, per-(modality, source) score normalisation, metadata
+
+Scoring one part: each available modality gives its patch features; a missing one is predicted from the other by
+the distillation network and queried against the bank of *predicted* training features (stand-ins are compared
+with stand-ins, so their systematic error cancels). Each modality's patch distances become a blurred map,
+normalised by what held-out good parts score (0 = their mean, 1 = one standard deviation above), and the fused
+map is the mean of the two. Only the files of the modalities asked for are opened: scoring from RGB alone never
+touches the point cloud, and the reverse.
+
+3D features (FPFH, open3d) are not an ONNX graph; they are computed by engine.geometry from the preprocessed
+cloud, the same code in training and inspection.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from engine.datasets.imageio import read_image
+from engine.errors import DefectScopeError
+from engine.runtime.session import create_session
+
+METADATA_FILE = "multimodal.json"
+BANKS_FILE = "banks.npz"
+RGB_FEATURES_FILE = "rgb_features.onnx"
+RGB_TO_GEO_FILE = "rgb_to_geo.onnx"
+GEO_TO_RGB_FILE = "geo_to_rgb.onnx"
+SOURCES = ("rgb", "geo", "rgb_pred", "geo_pred")  # bank names: measured and predicted features per modality
+MODES = {  # what a report mode uses: (rgb source, geo source); None = modality left out
+    "both": ("rgb", "geo"),
+    "rgb_only": ("rgb", None),
+    "geo_only": (None, "geo"),
+    "rgb_with_distilled_geo": ("rgb", "geo_pred"),
+    "geo_with_distilled_rgb": ("rgb_pred", "geo"),
+}
+
+
+@dataclass
+class MultimodalPrediction:
+    score: float
+    anomaly_map: np.ndarray  # map_size x map_size float32, fused and normalised
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # per source used, normalised
+    opened: list[str] = field(default_factory=list)  # files read for this prediction
+
+
+def nearest_distances(queries: np.ndarray, bank: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Euclidean distance of each query row to its nearest bank row (float32, chunked to bound memory)."""
+    bank = np.ascontiguousarray(bank, np.float32)
+    b2 = (bank * bank).sum(1)
+    out = np.empty(len(queries), np.float32)
+    for i in range(0, len(queries), chunk):
+        q = np.ascontiguousarray(queries[i : i + chunk], np.float32)
+        d2 = (q * q).sum(1)[:, None] + b2[None, :] - 2.0 * q @ bank.T
+        out[i : i + chunk] = np.sqrt(np.maximum(d2.min(1), 0.0))
+    return out
+
+
+def patch_map(distances: np.ndarray, cells: int, map_size: int, sigma: float) -> np.ndarray:
+    """cells*cells patch distances -> map_size x map_size map, bilinear then Gaussian-blurred (PatchCore's)."""
+    m = cv2.resize(distances.reshape(cells, cells).astype(np.float32), (map_size, map_size),
+                   interpolation=cv2.INTER_LINEAR)
+    return cv2.GaussianBlur(m, (0, 0), sigma) if sigma > 0 else m
+
+
+class MultimodalModel:
+    """Loads a model folder; `features_*` and `predict` are what the trainer, the engine and the GUI all run."""
+
+    def __init__(self, model_dir: str | Path, threads: int | None = None) -> None:
+        self.dir = Path(model_dir)
+        meta_path = self.dir / METADATA_FILE
+        if not meta_path.is_file():
+            raise DefectScopeError(f"{self.dir}: not a multimodal model folder (no {METADATA_FILE})")
+        self.meta = json.loads(meta_path.read_text())
+        self.cells: int = self.meta["cells"]
+        self.map_size: int = self.meta["map_size"]
+        self.sigma: float = self.meta["blur_sigma"]
+        self.norm: dict[str, list[float]] = self.meta.get("normalisation", {})
+        self._threads = threads
+        self._sessions: dict[str, object] = {}
+        banks_path = self.dir / BANKS_FILE
+        self.banks: dict[str, np.ndarray] = {}
+        self.stats: dict[str, np.ndarray] = {}
+        if banks_path.is_file():
+            with np.load(banks_path) as z:
+                self.banks = {k: z[k] for k in SOURCES if k in z}
+                self.stats = {k: z[k] for k in z.files if k.endswith(("_mean", "_std"))}
+
+    # ------------------------------------------------------------------ sessions
+    def _session(self, name: str) -> Any:  # an onnxruntime.InferenceSession
+        if name not in self._sessions:
+            path = self.dir / name
+            if not path.is_file():
+                raise DefectScopeError(f"{self.dir}: {name} is missing")
+            self._sessions[name] = create_session(path, "cpu", threads=self._threads)[0]
+        return self._sessions[name]
+
+    # ------------------------------------------------------------------ features (standardised, N x dim rows)
+    def features_rgb(self, image: np.ndarray) -> np.ndarray:
+        (f,) = self._session(RGB_FEATURES_FILE).run(None, {"image": np.ascontiguousarray(image)})
+        rows = f[0].reshape(f.shape[1], -1).T
+        return self._standardise("rgb", rows)
+
+    def features_geo(self, xyz_path: str | Path, cache_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(standardised cells*cells x 33 FPFH rows, coverage per cell) of an xyz file."""
+        from engine.geometry.features import fpfh_grid
+        from engine.geometry.preprocess import PrepConfig, prepare_file
+
+        prep = prepare_file(xyz_path, PrepConfig(**self.meta["prep"]), cache_dir=cache_dir)
+        feats, coverage = fpfh_grid(prep.xyz, self.cells)
+        return self._standardise("geo", feats.reshape(-1, feats.shape[-1])), coverage.reshape(-1)
+
+    def _standardise(self, modality: str, rows: np.ndarray) -> np.ndarray:
+        mean, std = self.stats.get(f"{modality}_mean"), self.stats.get(f"{modality}_std")
+        return rows.astype(np.float32) if mean is None else ((rows - mean) / std).astype(np.float32)
+
+    def translate(self, rows: np.ndarray, to: str) -> np.ndarray:
+        """Stand-in features of the other modality (to = 'geo' from RGB rows, 'rgb' from 3D rows)."""
+        name = RGB_TO_GEO_FILE if to == "geo" else GEO_TO_RGB_FILE
+        (out,) = self._session(name).run(None, {"features": np.ascontiguousarray(rows, np.float32)})
+        return out
+
+    # ------------------------------------------------------------------ scoring
+    def raw_map(self, rows: np.ndarray, source: str) -> np.ndarray:
+        return patch_map(nearest_distances(rows, self.banks[source]), self.cells, self.map_size, self.sigma)
+
+    def normalised(self, raw: np.ndarray, source: str) -> np.ndarray:
+        center, scale = self.norm.get(source, (0.0, 1.0))
+        return (raw - center) / scale
+
+    def predict(self, rgb_path: str | Path | None = None, xyz_path: str | Path | None = None,
+                mode: str | None = None, cache_dir: str | Path | None = None) -> MultimodalPrediction:
+        """Score one part from whatever is given; `mode` (see MODES) defaults to the best the inputs allow."""
+        if rgb_path is None and xyz_path is None:
+            raise DefectScopeError("give an RGB image, a point cloud, or both")
+        if mode is None:
+            mode = "both" if rgb_path and xyz_path else "rgb_with_distilled_geo" if rgb_path else (
+                "geo_with_distilled_rgb")
+        if mode not in MODES:
+            raise DefectScopeError(f"unknown mode '{mode}'; known: {', '.join(MODES)}")
+        rgb_source, geo_source = MODES[mode]
+        needs_rgb = rgb_source == "rgb" or geo_source == "geo_pred"
+        needs_geo = geo_source == "geo" or rgb_source == "rgb_pred"
+        if needs_rgb and rgb_path is None:
+            raise DefectScopeError(f"mode '{mode}' needs the RGB image")
+        if needs_geo and xyz_path is None:
+            raise DefectScopeError(f"mode '{mode}' needs the point cloud")
+        rows, opened = self.rows(rgb_path if needs_rgb else None, xyz_path if needs_geo else None,
+                                 {s for s in (rgb_source, geo_source) if s}, cache_dir)
+        return self.fuse(rows, mode, opened)
+
+    def rows(self, rgb_path: str | Path | None, xyz_path: str | Path | None, sources: set[str],
+             cache_dir: str | Path | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Feature rows per source in `sources` from the files given (only those are opened)."""
+        opened: list[str] = []
+        rows: dict[str, np.ndarray] = {}
+        if rgb_path is not None:
+            rows["rgb"] = self.features_rgb(read_image(rgb_path))
+            opened.append(str(rgb_path))
+        if xyz_path is not None:
+            rows["geo"], _ = self.features_geo(xyz_path, cache_dir)
+            opened.append(str(xyz_path))
+        if "geo_pred" in sources:
+            rows["geo_pred"] = self.translate(rows["rgb"], "geo")
+        if "rgb_pred" in sources:
+            rows["rgb_pred"] = self.translate(rows["geo"], "rgb")
+        return rows, opened
+
+    def fuse(self, rows: dict[str, np.ndarray], mode: str, opened: list[str] | None = None) -> MultimodalPrediction:
+        """The fused prediction of `mode` from feature rows (every source the mode uses must be in `rows`)."""
+        maps = {s: self.normalised(self.raw_map(rows[s], s), s) for s in MODES[mode] if s}
+        fused = np.mean(np.stack(list(maps.values())), 0).astype(np.float32)
+        return MultimodalPrediction(float(fused.max()), fused, maps, list(opened or []))

@@ -1,0 +1,124 @@
+"""Run under Xvfb by tests/test_gui_cloud.py (OpenGL needs a real X server; Qt's offscreen platform has none).
+
+`probe OUT.json`: renders the point-cloud view of a generated RGB + 3D part in every colour mode, picks pixels
+both ways, loads a 640k-point cloud. `probe OUT.json DATA_DIR`: the workbench on a generated RGB + 3D set.
+Writes what it saw as JSON to OUT.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtWidgets import QApplication
+
+
+def frame(view) -> np.ndarray:
+    img = view.gl_view.grabFramebuffer()
+    ptr = img.constBits()
+    arr = np.frombuffer(ptr, np.uint8).reshape(img.height(), img.bytesPerLine() // 4, 4)
+    return arr[:, : img.width(), :3].copy()
+
+
+def main() -> None:
+    app = QApplication(sys.argv)
+    if len(sys.argv) > 2:  # the workbench check, in its own process (pyqtgraph keeps GL state per process)
+        with open(sys.argv[1], "w") as fh:
+            json.dump(_main_window(app, Path(sys.argv[2])), fh)
+        return
+    import pyqtgraph as pg
+
+    pg.setConfigOptions(imageAxisOrder="row-major")  # as the app does: the depth map must not depend on it
+    from app.gui.cloud_view import DISPLAY_POINTS, CloudView
+    from engine.datasets.demo3d import make_sample
+
+    rgb, xyz, mask = make_sample("dome", "stain", np.random.default_rng(0), 160)
+    view = CloudView()
+    view.resize(900, 500)
+    view.show()
+    selected: list[tuple[int, int]] = []
+    view.pixel_selected.connect(lambda r, c: selected.append((r, c)))
+    import cv2
+
+    anomaly = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 6)  # a smooth map, like a model's
+    view.set_cloud(xyz, rgb, anomaly)
+    for _ in range(10):
+        app.processEvents()
+    out: dict = {"modes": {}}
+    frames = {}
+    for mode in ("height", "rgb", "anomaly"):
+        view.mode.setCurrentText(mode)
+        app.processEvents()
+        f = frame(view)
+        frames[mode] = f
+        out["modes"][mode] = {"std": float(f.std()),
+                              "colours": len(np.unique(f.reshape(-1, 3), axis=0))}
+    out["modes_differ"] = bool(np.abs(frames["height"].astype(int) - frames["rgb"].astype(int)).mean() > 1.0)
+    # image pixel -> 3D point (marker) and back: a click at the point's screen position picks that pixel
+    r, c = 80, 70
+    out["select"] = view.select_pixel(r, c)
+    app.processEvents()
+    k = np.where((view._idx[:, 0] == r) & (view._idx[:, 1] == c))[0]
+    sx, sy = view.screen_positions()[k[0]]
+    view._on_gl_click(float(sx), float(sy))
+    out["picked"] = list(selected[-1]) if selected else None
+    out["marker_visible"] = bool(view.marker.visible())
+    out["no_point_select"] = view.select_pixel(0, 0) if not np.any(xyz[0, 0] != 0) else "measured"
+    # a large cloud is decimated for display
+    big = np.zeros((800, 800, 3), np.float32)
+    yy, xx = np.mgrid[0:800, 0:800].astype(np.float32)
+    big[..., 0], big[..., 1], big[..., 2] = xx, yy, 300 - 20 * np.exp(-((xx - 400) ** 2 + (yy - 400) ** 2) / 8e4)
+    t = time.perf_counter()
+    view.set_cloud(big)
+    app.processEvents()
+    out["big_points"] = int((big != 0).any(-1).sum())
+    out["big_displayed"] = view.n_displayed
+    out["big_limit"] = DISPLAY_POINTS
+    out["big_load_s"] = time.perf_counter() - t
+    out["big_std"] = float(frame(view).std())
+    with open(sys.argv[1], "w") as fh:
+        json.dump(out, fh)
+
+
+def _wait(app, cond, timeout: float = 30.0) -> bool:
+    t = time.perf_counter()
+    while time.perf_counter() - t < timeout:
+        app.processEvents()
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _main_window(app, data: Path) -> dict:
+    """The workbench on an RGB + 3D dataset: the 3D dock appears with the part's cloud, and pixels link."""
+    from app.gui.main_window import MainWindow
+    from engine.datasets.demo3d import generate_demo3d
+
+    root = generate_demo3d(data, categories=("dome",), size=96, n_train=2, n_validation=1, n_test_good=1,
+                           n_test_defect=1)
+    w = MainWindow()
+    w.resize(1400, 900)
+    w.show()
+    w.open_dataset(root / "dome")
+    res: dict = {"opened": _wait(app, lambda: w.dataset is not None and w.current_key() is not None)}
+    res["cloud_shown"] = _wait(app, lambda: w.cloud_view is not None and w.cloud_view.xyz is not None
+                               and w._cloud_key == w.current_key())
+    if res["cloud_shown"]:
+        res["select"] = w.select_image_pixel(48, 40)
+        res["cloud_selected"] = list(w.cloud_view.selected) if w.cloud_view.selected else None
+        w.cloud_view.pixel_selected.emit(30, 20)
+        app.processEvents()
+        pts = w._pixel_marker.getData()
+        res["image_marker"] = [float(pts[0][0]), float(pts[1][0])]
+        f = frame(w.cloud_view)
+        res["dock_std"] = float(f.std())
+    w.close()
+    return res
+
+
+if __name__ == "__main__":
+    main()

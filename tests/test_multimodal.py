@@ -1,0 +1,106 @@
+"""The RGB + 3D model: training job on a generated MVTec 3D-AD set, scoring with one sensor missing (the missing
+modality's files are never opened), the five report modes, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("open3d", reason="the '3d' extra (open3d) is not installed")
+
+from engine.datasets import load_dataset
+from engine.datasets.demo3d import generate_demo3d
+from engine.errors import DefectScopeError
+from engine.jobs import run_job
+from engine.multimodal_eval import evaluate_multimodal
+from engine.runtime import multimodal as mm
+
+_OPENED: list[str] = []
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and args and isinstance(args[0], (str, Path)):
+        _OPENED.append(str(args[0]))
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed; this one only appends file names to a list
+
+
+@pytest.fixture(scope="module")
+def demo3d(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_demo3d(tmp_path_factory.mktemp("d3") / "demo3d", categories=("dome",), size=128, n_train=10,
+                           n_validation=3, n_test_good=4, n_test_defect=3)
+
+
+@pytest.fixture(scope="module")
+def model_dir(demo3d: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("mm") / "dome"
+    events: list[tuple[float, str]] = []
+    run_job("train_multimodal", {"data": str(demo3d), "category": "dome", "out": str(out), "image_size": 128,
+                                 "geo_grid": 64, "distill_epochs": 15}, lambda f, m: events.append((f, m)))
+    fractions = [f for f, _ in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    return out
+
+
+def test_training_writes_a_complete_model(model_dir: Path) -> None:
+    for name in (mm.RGB_FEATURES_FILE, mm.RGB_TO_GEO_FILE, mm.GEO_TO_RGB_FILE, mm.BANKS_FILE, mm.METADATA_FILE):
+        assert (model_dir / name).is_file(), name
+    meta = json.loads((model_dir / mm.METADATA_FILE).read_text())
+    assert set(meta["normalisation"]) == set(mm.SOURCES)
+    assert meta["training"]["n_train"] == 10 and meta["training"]["n_validation"] == 3
+    assert all(v > 0 for v in meta["training"]["bank_sizes"].values())
+    # the preprocessed clouds are cached beside the run, not in the dataset
+    assert list((model_dir / "cache" / "clouds").glob("*.npz"))
+
+
+def test_one_sensor_missing_never_opens_its_files(model_dir: Path, demo3d: Path, tmp_path: Path) -> None:
+    part = demo3d / "dome" / "test" / "dent"
+    rgb, xyz = part / "rgb" / "000.png", part / "xyz" / "000.tiff"
+    model = mm.MultimodalModel(model_dir)
+    _OPENED.clear()
+    pred = model.predict(rgb_path=rgb)
+    assert pred.opened == [str(rgb)] and not any(p.endswith(".tiff") for p in _OPENED)
+    assert set(pred.maps) == {"rgb", "geo_pred"} and pred.anomaly_map.shape == (128, 128)
+    _OPENED.clear()
+    pred = model.predict(xyz_path=xyz, cache_dir=tmp_path / "cache")
+    assert pred.opened == [str(xyz)] and not any(p.endswith(".png") for p in _OPENED)
+    assert set(pred.maps) == {"rgb_pred", "geo"}
+    # a part whose scanner file is gone entirely still scores from its image
+    lone = tmp_path / "lone.png"
+    shutil.copy(rgb, lone)
+    assert np.isfinite(model.predict(rgb_path=lone).score)
+    with pytest.raises(DefectScopeError, match="needs the point cloud"):
+        model.predict(rgb_path=lone, mode="both")
+    with pytest.raises(DefectScopeError, match="RGB image, a point cloud, or both"):
+        model.predict()
+    with pytest.raises(DefectScopeError, match="unknown mode"):
+        model.predict(rgb_path=lone, mode="telepathy")
+
+
+def test_every_report_mode_is_measured(model_dir: Path, demo3d: Path, tmp_path: Path) -> None:
+    result = evaluate_multimodal(model_dir, demo3d, "dome", cache_dir=tmp_path / "cache")
+    assert set(result["modes"]) == set(mm.MODES)
+    ds = load_dataset(demo3d / "dome")
+    assert result["n_test"] == sum(1 for s in ds.samples if s.split == "test")
+    for mode, m in result["modes"].items():
+        for key in ("image_auroc", "pixel_auroc", "aupro"):
+            assert 0.0 <= m[key] <= 1.0, (mode, key)
+    both = result["modes"]["both"]
+    # the geometric defects are what 3D adds; colour defects are what RGB adds (a small set: loose floors)
+    assert result["modes"]["geo_only"]["image_auroc_per_type"]["dent"] >= 0.8
+    assert result["modes"]["rgb_only"]["image_auroc_per_type"]["stain"] >= 0.8
+    assert both["image_auroc"] >= 0.75 and both["pixel_auroc"] >= 0.8
+
+
+def test_wrong_layout_is_a_clear_error(demo_data: Path, tmp_path: Path) -> None:
+    from engine.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="MVTec 3D-AD layout"):
+        run_job("train_multimodal", {"data": str(demo_data), "category": "washer", "out": str(tmp_path / "o")})

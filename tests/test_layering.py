@@ -20,6 +20,8 @@ def test_inference_modules_load_without_torch_or_qt():
     code = (
         "import sys\n"
         "import engine.runtime, engine.evaluate, engine.infer, engine.datasets, engine.metrics, engine.jobs\n"
+        "import engine.runtime.multimodal, engine.multimodal_eval, engine.geometry.preprocess\n"
+        "import engine.geometry.features\n"
         "import app.cli\n"
         "engine.jobs.job_kinds()\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'PySide6', 'pyqtgraph', 'trainers'))\n"

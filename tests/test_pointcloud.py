@@ -4,6 +4,7 @@ open3d preprocessing (background plane, largest cluster, model grid, cache besid
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,30 @@ def test_preprocessing_keeps_the_part_drops_background_and_strays_and_caches(dem
     tile = read_xyz(demo3d / "tile" / "train" / "good" / "xyz" / "000.tiff")
     fg_tile, _ = foreground_mask(tile)
     assert fg_tile.mean() > 0.6
+
+
+def test_a_depth_map_folder_stands_in_for_xyz(demo3d: Path, tmp_path: Path) -> None:
+    import cv2
+
+    from engine.datasets.pointcloud import cloud_path, read_cloud
+
+    cat = tmp_path / "parts"
+    src = demo3d / "dome"
+    for split, kind in (("train", "good"), ("test", "dent")):
+        d = cat / split / kind
+        shutil.copytree(src / split / kind / "rgb", d / "rgb")
+        if (src / split / kind / "gt").is_dir():
+            shutil.copytree(src / split / kind / "gt", d / "gt")
+        (d / "depth").mkdir()
+        for f in sorted((src / split / kind / "xyz").glob("*.tiff")):
+            z = read_xyz(f)[..., 2]
+            cv2.imwrite(str(d / "depth" / f"{f.stem}.png"), np.round(z * 100).astype(np.uint16))
+    ds = load_dataset(cat)
+    assert ds.format == "mvtec3d" and not [i for i in ds.issues if "xyz" in i.reason]
+    s = ds.samples[0]
+    path = cloud_path(s.extra)
+    assert path is not None and path.parent.name == "depth"
+    cloud = read_cloud(path)
+    assert cloud.shape[2] == 3 and valid_points(cloud).mean() > 0.95
+    xyz_file = src / "train" / "good" / "xyz" / "000.tiff"
+    assert np.array_equal(read_cloud(xyz_file), read_xyz(xyz_file))

@@ -336,7 +336,9 @@ class MainWindow(QMainWindow):
         return self.cloud_view
 
     def _show_cloud(self, key: str, sample: Sample) -> None:
-        xyz_path = sample.extra.get("xyz_path") if sample.extra else None
+        from engine.datasets.pointcloud import cloud_path
+
+        xyz_path = cloud_path(sample.extra)
         if xyz_path is None:
             if self.cloud_view is not None:
                 self.cloud_view.set_cloud(None)
@@ -346,9 +348,9 @@ class MainWindow(QMainWindow):
 
         def load() -> tuple[np.ndarray, np.ndarray]:
             from engine.datasets.imageio import read_image
-            from engine.datasets.pointcloud import read_xyz
+            from engine.datasets.pointcloud import read_cloud
 
-            return read_xyz(xyz_path), read_image(sample.image_path)
+            return read_cloud(xyz_path), read_image(sample.image_path)
 
         def show(result: tuple[np.ndarray, np.ndarray]) -> None:
             if key == self._shown_key:

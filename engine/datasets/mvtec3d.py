@@ -1,7 +1,8 @@
 """MVTec 3D-AD layout: `<cls>/{train,validation,test}/<good|defect>/{rgb,xyz,gt}/`.
 
 Sample.image_path is the rgb PNG, `extra["xyz_path"]` the matching xyz TIFF (None when missing, with a
-LoadIssue) and mask_path the gt PNG. The TIFF is only checked to exist: decoding point clouds at load time
+LoadIssue); a `depth/` folder of single-channel depth maps (PNG or TIFF) may stand in for `xyz/`, given as
+`extra["depth_path"]` and mask_path the gt PNG. The TIFF is only checked to exist: decoding point clouds at load time
 would make opening a dataset slow, and the 3D reader needs them only when it runs. MVTec 3D-AD ships
 (all-zero) gt masks for good test images too; they are kept since they are the dataset's own truth.
 """
@@ -55,6 +56,7 @@ def _load_category(cat: Path, samples: list[Sample], issues: list[LoadIssue]) ->
                 continue
             good = cls_dir.name == "good"
             xyzs = images_by_stem(cls_dir / "xyz")
+            depths = images_by_stem(cls_dir / "depth")  # the depth-map variant: depth/<stem>.png|tiff
             gts = images_by_stem(cls_dir / "gt")
             no_xyz: list[Path] = []
             no_gt: list[Path] = []
@@ -65,7 +67,8 @@ def _load_category(cat: Path, samples: list[Sample], issues: list[LoadIssue]) ->
                 xyz = xyzs.get(img.stem)
                 if xyz is not None and xyz.suffix.lower() not in (".tif", ".tiff"):
                     xyz = None
-                if xyz is None:
+                depth = depths.get(img.stem) if xyz is None else None
+                if xyz is None and depth is None:
                     no_xyz.append(img)
                 gt = gts.get(img.stem)
                 if gt is None and not good:
@@ -78,8 +81,9 @@ def _load_category(cat: Path, samples: list[Sample], issues: list[LoadIssue]) ->
                         defect_type=cls_dir.name,
                         mask_path=checked_mask(img, size, gt, issues),
                         category=cat.name,
-                        extra={"xyz_path": xyz},
+                        extra={"xyz_path": xyz} if depth is None else {"xyz_path": None, "depth_path": depth},
                     )
                 )
-            add_capped(issues, no_xyz, f"no matching xyz/<stem>.tiff in {cls_dir.name}/xyz/", cls_dir / "xyz")
+            add_capped(issues, no_xyz, f"no matching xyz/<stem>.tiff (or depth/<stem>) in {cls_dir.name}/",
+                       cls_dir / "xyz")
             add_capped(issues, no_gt, f"no matching gt/<stem>.png in {cls_dir.name}/gt/", cls_dir / "gt")

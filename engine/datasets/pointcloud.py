@@ -92,3 +92,28 @@ def write_xyz(path: str | Path, xyz: np.ndarray) -> None:
         raise ValueError(f"expected H x W x 3, got {xyz.shape}")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tifffile.imwrite(Path(path), xyz, photometric="minisblack")
+
+
+def read_cloud(path: str | Path) -> np.ndarray:
+    """An organised cloud from an xyz TIFF (H x W x 3) or a depth map (single channel, PNG or TIFF)."""
+    p = Path(path)
+    if p.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(p) as tif:
+                shape = tif.series[0].shape if tif.series else ()
+        except Exception:
+            shape = ()  # read_xyz reports the damage
+        if len(shape) == 2 or (len(shape) == 3 and shape[-1] == 1):
+            return read_depth(p)
+        return read_xyz(p)
+    return read_depth(p)
+
+
+def cloud_path(extra: dict | None) -> Path | None:
+    """The point-cloud file of a sample (xyz TIFF, else depth map), None when it has none."""
+    if not extra:
+        return None
+    p = extra.get("xyz_path") or extra.get("depth_path")
+    return Path(p) if p else None

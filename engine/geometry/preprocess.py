@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engine.datasets.pointcloud import PointCloudError, read_xyz, valid_points
+from engine.datasets.pointcloud import PointCloudError, read_cloud, valid_points
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def _cache_key(path: Path, cfg: PrepConfig) -> str:
 
 
 def prepare_file(path: str | Path, cfg: PrepConfig = PrepConfig(), cache_dir: str | Path | None = None) -> Prepared:
-    """`prepare` of an xyz TIFF, through an .npz cache in `cache_dir` when given (written atomically)."""
+    """`prepare` of an xyz TIFF or depth map, through an .npz cache in `cache_dir` when given (written atomically)."""
     p = Path(path)
     cached = None
     if cache_dir is not None and p.is_file():
@@ -132,7 +132,7 @@ def prepare_file(path: str | Path, cfg: PrepConfig = PrepConfig(), cache_dir: st
                     return Prepared(z["xyz"], z["foreground"], plane)  # type: ignore[arg-type]
             except (OSError, ValueError, KeyError):
                 pass  # damaged cache entry: recompute and overwrite it
-    prepared = prepare(read_xyz(p), cfg)
+    prepared = prepare(read_cloud(p), cfg)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")

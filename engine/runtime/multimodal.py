@@ -4,13 +4,15 @@ A model folder (written by trainers.multimodal) holds:
   rgb_features.onnx   image (H x W x 3 uint8) -> 1 x D x g x g patch features (resize inside the graph)
   rgb_to_geo.onnx     N x D standardised RGB features -> N x 33 standardised 3D features (distillation)
   geo_to_rgb.onnx     the reverse
-  banks.npz           coresets of standardised patch features: rgb, geo (measured) and rgb_pred, geo_pred
-                      (the stand-ins predicted for the training images), plus the standardisation statistics
+  banks.npz           coresets of standardised patch features of good training parts: rgb and geo (measured),
+                      rgb_pred and geo_pred (the stand-ins predicted for them), standardisation statistics
   multimodal.json     grid sizes, preprocessing, per-(modality, source) score normalisation, metadata
 
 Scoring one part: each available modality gives its patch features; a missing one is predicted from the other by
-the distillation network and queried against the bank of *predicted* training features (stand-ins are compared
-with stand-ins, so their systematic error cancels). Each modality's patch distances become a blurred map,
+the distillation network and queried against a bank of that modality: by default the measured bank
+(`stand_in_bank="measured"`), or the bank of stand-ins predicted for the training parts ("predicted", which
+cancels the translator's systematic error but also inherits how well it fits its own training parts);
+benchmarks/multimodal_3d.py measures both. Each source's patch distances become a blurred map,
 normalised by what held-out good parts score (0 = their mean, 1 = one standard deviation above), and the fused
 map is the mean of the two. Only the files of the modalities asked for are opened: scoring from RGB alone never
 touches the point cloud, and the reverse.
@@ -38,7 +40,9 @@ BANKS_FILE = "banks.npz"
 RGB_FEATURES_FILE = "rgb_features.onnx"
 RGB_TO_GEO_FILE = "rgb_to_geo.onnx"
 GEO_TO_RGB_FILE = "geo_to_rgb.onnx"
-SOURCES = ("rgb", "geo", "rgb_pred", "geo_pred")  # bank names: measured and predicted features per modality
+SOURCES = ("rgb", "geo", "rgb_pred", "geo_pred")  # feature sources: measured, and predicted from the other one
+MEASURED_BANK = {"rgb": "rgb", "geo": "geo", "rgb_pred": "rgb", "geo_pred": "geo"}
+STAND_IN_BANKS = ("measured", "predicted")
 MODES = {  # what a report mode uses: (rgb source, geo source); None = modality left out
     "both": ("rgb", "geo"),
     "rgb_only": ("rgb", None),
@@ -88,6 +92,7 @@ class MultimodalModel:
         self.map_size: int = self.meta["map_size"]
         self.sigma: float = self.meta["blur_sigma"]
         self.norm: dict[str, list[float]] = self.meta.get("normalisation", {})
+        self.stand_in_bank: str = self.meta.get("stand_in_bank", "measured")
         self._threads = threads
         self._sessions: dict[str, object] = {}
         banks_path = self.dir / BANKS_FILE
@@ -133,11 +138,18 @@ class MultimodalModel:
         return out
 
     # ------------------------------------------------------------------ scoring
+    def bank_of(self, source: str) -> str:
+        """The bank a feature source is queried against (see `stand_in_bank`)."""
+        if self.stand_in_bank not in STAND_IN_BANKS:
+            raise DefectScopeError(f"stand_in_bank must be one of {', '.join(STAND_IN_BANKS)}")
+        return source if self.stand_in_bank == "predicted" else MEASURED_BANK[source]
+
     def raw_map(self, rows: np.ndarray, source: str) -> np.ndarray:
-        return patch_map(nearest_distances(rows, self.banks[source]), self.cells, self.map_size, self.sigma)
+        return patch_map(nearest_distances(rows, self.banks[self.bank_of(source)]), self.cells, self.map_size,
+                         self.sigma)
 
     def normalised(self, raw: np.ndarray, source: str) -> np.ndarray:
-        center, scale = self.norm.get(source, (0.0, 1.0))
+        center, scale = self.norm.get(f"{source}>{self.bank_of(source)}", (0.0, 1.0))
         return (raw - center) / scale
 
     def predict(self, rgb_path: str | Path | None = None, xyz_path: str | Path | None = None,

@@ -5,7 +5,7 @@
 2. Features of the good training parts (RGB rows; FPFH rows of the preprocessed cloud), standardised per
    dimension; greedy coresets become the measured banks.
 3. Distillation networks RGB -> 3D and 3D -> RGB, early-stopped on held-out good parts (the validation split,
-   else a slice of train); their predictions for the training parts become the stand-in banks.
+   else a slice of train); at inspection their stand-ins query the measured bank of the missing modality.
 4. Normalisation per bank from the held-out good parts' image scores (mean, std), so modalities add up.
 """
 
@@ -23,6 +23,7 @@ import torch
 import engine
 from engine.datasets import GOOD, load_dataset
 from engine.datasets.imageio import read_image
+from engine.datasets.pointcloud import cloud_path
 from engine.datasets.types import Sample
 from engine.errors import DatasetError, DefectScopeError
 from engine.geometry.features import FPFH_DIM
@@ -45,6 +46,7 @@ class MultimodalConfig:
     distill_epochs: int = 60
     distill_hidden: int = 1024
     holdout_fraction: float = 0.2  # of train/good, when the dataset has no validation split
+    stand_in_bank: str = "measured"  # the bank stand-in features query by default (engine.runtime.multimodal)
     seed: int = 0
 
 
@@ -59,10 +61,10 @@ def _good_splits(samples: list[Sample], fraction: float) -> tuple[list[Sample], 
 
 
 def _xyz_path(s: Sample) -> Path:
-    p = s.extra.get("xyz_path") if s.extra else None
-    if not p:
-        raise DatasetError(f"{s.image_path}: no matching point cloud (xyz TIFF)")
-    return Path(p)
+    p = cloud_path(s.extra)
+    if p is None:
+        raise DatasetError(f"{s.image_path}: no matching point cloud (xyz TIFF or depth map)")
+    return p
 
 
 def train_multimodal(data: str | Path, category: str | None, out_dir: str | Path,
@@ -83,6 +85,10 @@ def train_multimodal(data: str | Path, category: str | None, out_dir: str | Path
         raise DatasetError(f"{data}: at least 2 good training parts needed (found {len(train)})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # A previous run's files must not leak into this one (its banks.npz would standardise the new features
+    # with old statistics); the cloud cache stays, its keys include each file's size and mtime.
+    for name in (mm.BANKS_FILE, mm.METADATA_FILE, mm.RGB_TO_GEO_FILE, mm.GEO_TO_RGB_FILE, mm.RGB_FEATURES_FILE):
+        (out / name).unlink(missing_ok=True)
     cache = out / "cache" / "clouds"  # preprocessed clouds, beside the run; the dataset is only read
     torch.manual_seed(cfg.seed)
 
@@ -128,7 +134,7 @@ def train_multimodal(data: str | Path, category: str | None, out_dir: str | Path
     (out / mm.GEO_TO_RGB_FILE).write_bytes(mlp_graph(g2r, FPFH_DIM).SerializeToString())
 
     report(0.82, "memory banks")
-    model = mm.MultimodalModel(out)
+    model = mm.MultimodalModel(out)  # translators only (no banks yet)
     rows = {"rgb": rgb_tr.reshape(-1, rgb_tr.shape[-1]), "geo": geo_tr.reshape(-1, FPFH_DIM)}
     rows["geo_pred"] = model.translate(rows["rgb"], "geo")
     rows["rgb_pred"] = model.translate(rows["geo"], "rgb")
@@ -143,9 +149,13 @@ def train_multimodal(data: str | Path, category: str | None, out_dir: str | Path
     val_rows = {"rgb": rgb_va, "geo": geo_va}
     val_rows["geo_pred"] = np.stack([model.translate(r, "geo") for r in rgb_va])
     val_rows["rgb_pred"] = np.stack([model.translate(r, "rgb") for r in geo_va])
-    for name in mm.SOURCES:
-        scores = [float(model.raw_map(r, name).max()) for r in val_rows[name]]
-        meta["normalisation"][name] = [float(np.mean(scores)), float(np.std(scores) + 1e-6)]
+    for variant in mm.STAND_IN_BANKS:
+        model.stand_in_bank = variant
+        for name in mm.SOURCES:
+            scores = [float(model.raw_map(r, name).max()) for r in val_rows[name]]
+            meta["normalisation"][f"{name}>{model.bank_of(name)}"] = [float(np.mean(scores)),
+                                                                      float(np.std(scores) + 1e-6)]
+    meta["stand_in_bank"] = cfg.stand_in_bank
     meta.update({
         "category": category or ds.categories[0] if ds.categories else category,
         "dataset": str(Path(data).resolve()),

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -17,6 +19,7 @@ import numpy as np
 from engine.datasets import load_dataset
 from engine.datasets.imageio import read_image
 from engine.datasets.keys import sample_key
+from engine.datasets.types import Sample
 from engine.errors import DefectScopeError
 from engine.jobs.kinds import ScoreDatasetParams
 from engine.jobs.registry import Progress
@@ -34,11 +37,69 @@ def _small_map(amap: np.ndarray) -> np.ndarray:
     return amap.astype(np.float16)
 
 
+class _Scorer(Protocol):
+    threshold: float
+    provider: str
+
+    def score(self, sample: Sample) -> tuple[float, np.ndarray]: ...
+
+
+SCORERS: dict[str, Callable[[Path, str], _Scorer]] = {}  # model metadata file name -> scorer factory
+
+
+def register_scorer(metadata_file: str) -> Callable[[Callable[[Path, str], _Scorer]], Callable[[Path, str], _Scorer]]:
+    def deco(factory: Callable[[Path, str], _Scorer]) -> Callable[[Path, str], _Scorer]:
+        SCORERS[metadata_file] = factory
+        return factory
+
+    return deco
+
+
+@register_scorer("model.json")
+class _ImageScorer:
+    """The memory-bank image model (model.onnx)."""
+
+    def __init__(self, model_dir: Path, device: str) -> None:
+        self.model = AnomalyModel(model_dir, device=device)
+        self.threshold, self.provider = self.model.threshold, self.model.provider
+
+    def score(self, sample: Sample) -> tuple[float, np.ndarray]:
+        pred = self.model.predict(read_image(sample.image_path))
+        return pred.score, pred.anomaly_map
+
+
+@register_scorer("multimodal.json")
+class _MultimodalScorer:
+    """The RGB + 3D model: each part is scored from what it has (both, or the one sensor with a stand-in)."""
+
+    def __init__(self, model_dir: Path, device: str) -> None:
+        from engine.runtime.multimodal import MultimodalModel
+
+        self.model = MultimodalModel(model_dir)
+        self.threshold = float(self.model.meta.get("threshold", 3.0))
+        self.provider = "CPUExecutionProvider"
+        self.cache = Path(model_dir) / "cache" / "clouds"
+
+    def score(self, sample: Sample) -> tuple[float, np.ndarray]:
+        from engine.datasets.pointcloud import cloud_path
+
+        pred = self.model.predict(sample.image_path, cloud_path(sample.extra), cache_dir=self.cache)
+        return pred.score, pred.anomaly_map
+
+
+def load_scorer(model_dir: str | Path, device: str = "auto") -> _Scorer:
+    folder = Path(model_dir)
+    for meta_file, factory in SCORERS.items():
+        if (folder / meta_file).is_file():
+            return factory(folder, device)
+    raise DefectScopeError(f"{folder}: not a DefectScope model folder (none of {', '.join(SCORERS)})")
+
+
 def score_dataset(
     model_dir: str | Path, data: str | Path, out: str | Path, category: str | None = None,
     splits: list[str] | None = None, device: str = "auto", progress: Progress | None = None,
 ) -> dict:
-    model = AnomalyModel(model_dir, device=device)
+    model = load_scorer(model_dir, device)
     root = Path(data)
     ds = load_dataset(root, category=category)
     samples = [s for s in ds.samples if splits is None or s.split in splits]
@@ -52,13 +113,13 @@ def score_dataset(
     for n, sample in enumerate(samples):
         key = sample_key(root, sample)
         try:
-            pred = model.predict(read_image(sample.image_path))
+            score, amap = model.score(sample)
         except DefectScopeError as exc:
             errors[key] = str(exc)
             continue
         map_name = f"maps/{n:06d}.npy"
-        np.save(out / map_name, _small_map(pred.anomaly_map))
-        items[key] = {"score": round(pred.score, 6), "verdict": "NG" if pred.is_anomalous else "OK",
+        np.save(out / map_name, _small_map(amap))
+        items[key] = {"score": round(score, 6), "verdict": "NG" if score >= model.threshold else "OK",
                       "map": map_name, "label": sample.label, "defect_type": sample.defect_type,
                       "split": sample.split}
         if n % 5 == 0 or n == len(samples) - 1:

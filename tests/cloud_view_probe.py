@@ -116,6 +116,23 @@ def _main_window(app, data: Path) -> dict:
         res["image_marker"] = [float(pts[0][0]), float(pts[1][0])]
         f = frame(w.cloud_view)
         res["dock_std"] = float(f.std())
+        # scored by the RGB + 3D model (the engine's jobs, run in-process here): the cloud colours by anomaly
+        from engine.jobs import run_job
+
+        model = data.parent / "mm_model"
+        run_job("train_multimodal", {"data": str(root), "category": "dome", "out": str(model), "image_size": 128,
+                                     "geo_grid": 64, "distill_epochs": 3})
+        run_job("score_dataset", {"model": str(model), "data": str(root / "dome"), "out": str(data.parent / "pred"),
+                                  "device": "cpu"})
+        w.set_model(model)
+        w.load_predictions(data.parent / "pred")
+        res["predictions"] = _wait(app, lambda: w.predictions is not None)
+        key = w.current_key()
+        w._show_heatmap(key)
+        res["cloud_anomaly"] = w.cloud_view.anomaly is not None
+        w.cloud_view.mode.setCurrentText("anomaly")
+        app.processEvents()
+        res["anomaly_std"] = float(frame(w.cloud_view).std())
     w.close()
     return res
 

@@ -13,6 +13,8 @@ import pytest
 
 pytest.importorskip("PySide6", reason="GUI extra not installed")
 pytest.importorskip("OpenGL", reason="PyOpenGL (GUI extra) not installed")
+pytest.importorskip("open3d", reason="the '3d' extra (open3d) is not installed")
+pytest.importorskip("torch", reason="the probe trains a small RGB + 3D model")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,3 +47,4 @@ def test_point_cloud_view_renders_colours_and_links_pixels_both_ways_also_in_the
     assert win["select"] and win["cloud_selected"] == [48, 40]
     assert win["image_marker"] == [20.5, 30.5]  # a pick in 3D marks the same pixel in the image
     assert win["dock_std"] > 5
+    assert win["predictions"] and win["cloud_anomaly"] and win["anomaly_std"] > 5  # scored: coloured by anomaly

@@ -114,3 +114,24 @@ def test_retraining_into_the_same_folder_gives_the_same_model(model_dir: Path, d
                                  "geo_grid": 64, "distill_epochs": 15})
     after = np.load(model_dir / mm.BANKS_FILE)["rgb_std"]
     assert np.allclose(before, after, rtol=1e-4)
+
+
+def test_score_dataset_job_scores_rgb_and_3d_parts_for_the_workbench(model_dir: Path, demo3d: Path,
+                                                                     tmp_path: Path) -> None:
+    """The engine's score_dataset job recognises the RGB + 3D model and writes what the workbench browses."""
+    out = tmp_path / "pred"
+    result = run_job("score_dataset", {"model": str(model_dir), "data": str(demo3d), "category": "dome",
+                                       "out": str(out), "device": "cpu"})
+    summary = json.loads((out / "scores.json").read_text())
+    ds = load_dataset(demo3d / "dome")
+    assert result["n_scored"] == len(ds.samples) == summary["n_scored"]
+    meta = json.loads((model_dir / mm.METADATA_FILE).read_text())
+    assert summary["threshold"] == meta["threshold"] >= 3.0
+    items = list(summary["items"].values())
+    good = [i["score"] for i in items if i["label"] == "good" and i["split"] == "test"]
+    bad = [i["score"] for i in items if i["label"] == "defective"]
+    assert np.mean(bad) > np.mean(good)
+    amap = np.load(out / items[0]["map"])
+    assert amap.shape == (128, 128)
+    with pytest.raises(DefectScopeError, match="not a DefectScope model folder"):
+        run_job("score_dataset", {"model": str(tmp_path), "data": str(demo3d), "out": str(tmp_path / "o")})

@@ -698,9 +698,11 @@ def _download_prefix(url: str, token: str, verify: bool | str, job_id: str, pref
 
 
 def read_model_metadata(model_dir: Path) -> dict:
-    """model.json of a model folder (blocking: call it through run_in_background)."""
+    """model.json (or multimodal.json, an RGB + 3D model) of a model folder (blocking: run it in the background)."""
     path = Path(model_dir) / "model.json"
-    if not (Path(model_dir) / "model.onnx").is_file():
+    if (Path(model_dir) / "multimodal.json").is_file():
+        path = Path(model_dir) / "multimodal.json"
+    elif not (Path(model_dir) / "model.onnx").is_file():
         raise DefectScopeError(f"{model_dir}: no model.onnx in this folder")
     try:
         return json.loads(path.read_text())

@@ -404,6 +404,8 @@ class MainWindow(QMainWindow):
     def _show_heatmap(self, key: str) -> None:
         amap = self.predictions.anomaly_map(key) if self.predictions else None
         self.image_view.set_heatmap(amap)
+        if self.cloud_view is not None and self._cloud_key == key:
+            self.cloud_view.set_anomaly(amap)
         self.image_view.set_threshold(self.review.threshold())
 
     def _show_decision(self, key: str) -> None:
@@ -483,8 +485,8 @@ class MainWindow(QMainWindow):
 
     def set_model(self, model_dir: Path) -> None:
         model_dir = Path(model_dir)
-        if not (model_dir / "model.onnx").is_file():
-            self.show_error(f"{model_dir}: not a DefectScope model (no model.onnx)")
+        if not (model_dir / "model.onnx").is_file() and not (model_dir / "multimodal.json").is_file():
+            self.show_error(f"{model_dir}: not a DefectScope model (no model.onnx or multimodal.json)")
             return
         self.model_dir = model_dir
         self.model_label.setText(f"model: {model_dir.parent.name}/{model_dir.name}")

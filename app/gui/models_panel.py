@@ -1,6 +1,6 @@
 """The models panel: models trained by the engine, plus model folders the user added from disk.
 
-Engine models come from succeeded train_anomaly jobs (kept in sync with `EngineLink.jobs_changed`); using one
+Engine models come from succeeded train_anomaly and train_multimodal jobs (kept in sync with `EngineLink.jobs_changed`); using one
 goes through `EngineLink.fetch_model`, which is the job's own folder with a local engine and a verified
 download with a remote one. Added folders are remembered in the GUI's ini file. Reading a folder's model.json
 happens off the GUI thread (the folder may sit on a slow network share).
@@ -29,7 +29,7 @@ from app.gui.engine_link import EngineLink, gui_settings, read_model_metadata
 from app.gui.tasks import run_in_background
 
 FOLDERS_KEY = "models/folders"  # a JSON list: QSettings turns a one-element list into a plain string in ini
-TRAIN_KIND = "train_anomaly"
+TRAIN_KINDS = ("train_anomaly", "train_multimodal")  # job kinds whose "model" artifact is a model
 KindRole = int(Qt.ItemDataRole.UserRole) + 1  # "job" | "folder"
 PayloadRole = int(Qt.ItemDataRole.UserRole) + 2  # the job dict, or the folder path as str
 ERROR_COLOR = QColor(200, 30, 30)
@@ -39,6 +39,8 @@ def describe_metadata(meta: dict) -> str:
     """A tooltip from model.json: what the model is and how it was trained."""
     tr = meta.get("training") or {}
     rows = [
+        ("model", "RGB + 3D (memory banks, cross-modal stand-ins)" if meta.get("format") == "defectscope.multimodal"
+         else None),
         ("category", meta.get("category") or "(all)"),
         ("backbone", meta.get("backbone")),
         ("image size", meta.get("input_size")),
@@ -158,7 +160,7 @@ class ModelsPanel(QWidget):
     # ----------------------------------------------------------------------------------------- jobs
 
     def _on_jobs(self, jobs: list[dict]) -> None:
-        models = [j for j in jobs if j.get("kind") == TRAIN_KIND and j.get("state") == "succeeded"]
+        models = [j for j in jobs if j.get("kind") in TRAIN_KINDS and j.get("state") == "succeeded"]
         wanted = {j["id"] for j in models}
         for job_id in [i for i in self._job_items if i not in wanted]:
             self._engine_group.removeChild(self._job_items.pop(job_id))
@@ -175,7 +177,7 @@ class ModelsPanel(QWidget):
             category = (job.get("params") or {}).get("category") or meta.get("category") or "all categories"
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.get("finished") or job.get("created") or 0))
             item.setText(0, f"{category} · {job['id']} · {when}")
-            item.setToolTip(0, describe_metadata(meta) if meta else f"train_anomaly job {job['id']}")
+            item.setToolTip(0, describe_metadata(meta) if meta else f"{job.get('kind')} job {job['id']}")
         self._update_titles()
         self._update_buttons()
 

@@ -156,6 +156,11 @@ def train_multimodal(data: str | Path, category: str | None, out_dir: str | Path
             meta["normalisation"][f"{name}>{model.bank_of(name)}"] = [float(np.mean(scores)),
                                                                       float(np.std(scores) + 1e-6)]
     meta["stand_in_bank"] = cfg.stand_in_bank
+    model.stand_in_bank = cfg.stand_in_bank
+    model.norm = meta["normalisation"]
+    both = [model.fuse({"rgb": r, "geo": g}, "both").score for r, g in zip(rgb_va, geo_va, strict=True)]
+    # Verdict threshold in normalised units: 3 validation standard deviations, never below a held-out good part.
+    meta["threshold"] = round(max(3.0, float(np.max(both)) + 1e-3), 4)
     meta.update({
         "category": category or ds.categories[0] if ds.categories else category,
         "dataset": str(Path(data).resolve()),

@@ -94,3 +94,30 @@ def test_reconstruction_model_learns_a_product() -> None:
         opt.step()
     with torch.no_grad():
         assert float(model.error_map(x).mean()) < 0.7 * first
+
+
+@pytest.mark.slow
+def test_base_step_then_an_incremental_step_without_old_images(tmp_path) -> None:
+    from engine.datasets.demo import generate_demo_dataset
+    from engine.errors import DefectScopeError
+    from trainers.unified.fit import StepConfig, UnifiedState, evaluate_products, train_step
+    from trainers.unified.model import UnifiedConfig
+
+    data = generate_demo_dataset(tmp_path / "demo", categories=["washer", "wood"], n_train=8, n_test_good=3,
+                                 n_test_defect_per_type=1, seed=2)
+    cfg = UnifiedConfig(image_size=64, d_model=64, heads=4, encoder_layers=1, decoder_layers=1, ffn_dim=128)
+    base = train_step(None, data, ["washer"], cfg, StepConfig(epochs=3, batch_size=4, lr=1e-3))
+    assert base.products == ["washer"] and set(base.bases.bases) == {"ffn0", "ffn1"}
+    base.save(tmp_path / "step1")
+    loaded = UnifiedState.load(tmp_path / "step1")
+    assert loaded.products == ["washer"] and torch.equal(loaded.bases.bases["ffn0"], base.bases.bases["ffn0"])
+    step2 = train_step(loaded, data, ["wood"], cfg, StepConfig(epochs=3, batch_size=4, lr=1e-3, anchor_weight=1.0,
+                                                                compression_weight=0.01))
+    assert step2.products == ["washer", "wood"] and len(step2.steps) == 2
+    # the bases grew with the new product's directions, on top of the old ones
+    assert step2.bases.bases["ffn0"].shape[1] >= base.bases.bases["ffn0"].shape[1]
+    result = evaluate_products(step2, data)
+    assert set(result) == {"washer", "wood"}
+    assert all(0.0 <= r["image_auroc"] <= 1.0 for r in result.values())
+    with pytest.raises(DefectScopeError, match="already learned: wood"):
+        train_step(step2, data, ["wood"], cfg, StepConfig(epochs=1))

@@ -1,0 +1,193 @@
+"""Training steps of the unified model: a base step, then incremental steps without the old products' images.
+
+Each step trains on the good training images of its products only. Loss = reconstruction MSE (with feature
+jitter) + anchor_weight * anchoring to the previous step's weights + compression_weight * compression of the
+decoder output. From the second step on, gradients of the FFN output layers are projected away from the old
+products' activation directions before every optimiser step. At the end of every step the activations of this
+step's images are captured into the bases (so the next step protects them too). Feature tokens of the frozen
+backbone are computed once per step and kept (the backbone never trains).
+
+Work in progress (issue 7): the loop, checkpoints and resume are here; ONNX export, the CLI, engine jobs and the
+benchmark protocol are not yet.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.datasets import GOOD, load_dataset
+from engine.datasets.imageio import read_image
+from engine.errors import DatasetError, DefectScopeError
+from engine.jobs.registry import Progress
+from trainers.unified.incremental import ActivationBases, anchoring_loss, capture_ffn_inputs, compression_loss
+from trainers.unified.model import UnifiedConfig, UnifiedModel
+
+STATE_FILE = "unified_state.pt"
+
+
+@dataclass
+class StepConfig:
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    anchor_weight: float = 0.0  # 0 = naive fine-tuning (the lower bound); IUF uses > 0 from the second step
+    compression_weight: float = 0.0
+    compression_keep: int = 32  # singular values kept free by the compression loss
+    project: bool = True  # gradient projection from the second step on
+    capture_energy: float = 0.95
+    capture_max_rank: int = 64
+    time_budget_s: float | None = None
+    seed: int = 0
+
+
+@dataclass
+class UnifiedState:
+    """What a step leaves for the next: config, weights, bases and the products learned so far."""
+
+    config: UnifiedConfig
+    weights: dict[str, torch.Tensor]
+    bases: ActivationBases = field(default_factory=ActivationBases)
+    products: list[str] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save({"config": asdict(self.config), "weights": self.weights, "bases": self.bases.state(),
+                    "products": self.products, "steps": self.steps}, folder / STATE_FILE)
+        (folder / "unified.json").write_text(json.dumps({"format": "defectscope.unified", "products": self.products,
+                                                          "steps": self.steps, "config": asdict(self.config)},
+                                                         indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> UnifiedState:
+        path = Path(folder) / STATE_FILE
+        if not path.is_file():
+            raise DefectScopeError(f"{folder}: not a unified model run (no {STATE_FILE})")
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(UnifiedConfig(**d["config"]), d["weights"], ActivationBases.from_state(d["bases"]),
+                   list(d["products"]), list(d["steps"]))
+
+
+def product_images(data: Path, products: Sequence[str], split: str = "train") -> dict[str, list[Path]]:
+    """Good images of each product's split (a category folder per product)."""
+    out: dict[str, list[Path]] = {}
+    for p in products:
+        ds = load_dataset(Path(data), category=p)
+        imgs = [s.image_path for s in ds.samples if s.label == GOOD and s.split == split]
+        if not imgs:
+            raise DatasetError(f"{data}: product '{p}' has no good {split} images")
+        out[p] = imgs
+    return out
+
+
+def _tokens(model: UnifiedModel, paths: list[Path], size: int) -> torch.Tensor:
+    rows = []
+    with torch.no_grad():
+        for p in paths:
+            img = torch.from_numpy(read_image(p)).permute(2, 0, 1)[None].float()
+            x = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            rows.append(model.tokens(x)[0])
+    return torch.stack(rows)  # N x L x D
+
+
+def train_step(state: UnifiedState | None, data: Path, new_products: Sequence[str], cfg: UnifiedConfig,
+               step_cfg: StepConfig, progress: Progress | None = None) -> UnifiedState:
+    """One step: the base step when `state` is None, else an incremental step adding `new_products`."""
+    report = progress or (lambda _f, _m: None)
+    torch.manual_seed(step_cfg.seed)
+    if state is not None:
+        cfg = state.config
+        overlap = sorted(set(new_products) & set(state.products))
+        if overlap:
+            raise DefectScopeError(f"products already learned: {', '.join(overlap)}")
+    model = UnifiedModel(cfg)
+    if state is not None:
+        model.reconstructor.load_state_dict(state.weights)
+    images = product_images(data, new_products)
+    tokens = _tokens(model, [p for ps in images.values() for p in ps], cfg.image_size)
+    rec = model.reconstructor
+    layers = {f"ffn{i}": layer for i, layer in enumerate(rec.ffn_out_layers())}
+    bases = copy.deepcopy(state.bases) if state is not None else ActivationBases()  # the input state stays as it was
+    previous = {n: p.detach().clone() for n, p in rec.named_parameters()} if state is not None else {}
+    opt = torch.optim.AdamW(rec.parameters(), lr=step_cfg.lr, weight_decay=step_cfg.weight_decay)
+    gen = torch.Generator().manual_seed(step_cfg.seed)
+    t0 = time.perf_counter()
+    losses: list[float] = []
+    rec.train()
+    epochs_done = 0
+    for epoch in range(step_cfg.epochs):
+        perm = torch.randperm(len(tokens), generator=gen)
+        for i in range(0, len(tokens), step_cfg.batch_size):
+            t = tokens[perm[i : i + step_cfg.batch_size]]
+            out, dec = rec(t, jitter=True)
+            loss = F.mse_loss(out, t)
+            if previous and step_cfg.anchor_weight > 0:
+                loss = loss + step_cfg.anchor_weight * anchoring_loss(rec, previous)
+            if step_cfg.compression_weight > 0:
+                loss = loss + step_cfg.compression_weight * compression_loss(dec, step_cfg.compression_keep)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if state is not None and step_cfg.project:
+                bases.project(layers)
+            opt.step()
+            losses.append(float(loss.detach()))
+        epochs_done = epoch + 1
+        report(epochs_done / step_cfg.epochs, f"step {len(state.steps) + 1 if state else 1}, epoch {epochs_done}: "
+                                              f"loss {np.mean(losses[-10:]):.4f}")
+        if step_cfg.time_budget_s and time.perf_counter() - t0 > step_cfg.time_budget_s:
+            break
+    rec.eval()
+    # This step's products are "old" from now on: capture their activations (every step, whatever the epochs).
+    acts = capture_ffn_inputs(layers, lambda: rec(tokens))
+    bases.capture(acts, step_cfg.capture_energy, step_cfg.capture_max_rank)
+    steps = [*(state.steps if state else []), {"products": list(new_products), "epochs": epochs_done,
+                                               "final_loss": round(float(np.mean(losses[-10:])), 5),
+                                               "seconds": round(time.perf_counter() - t0, 1),
+                                               "config": asdict(step_cfg)}]
+    return UnifiedState(cfg, {k: v.detach().clone() for k, v in rec.state_dict().items()}, bases,
+                        [*(state.products if state else []), *new_products], steps)
+
+
+def evaluate_products(state: UnifiedState, data: Path, products: Sequence[str] | None = None) -> dict[str, dict]:
+    """Image and pixel AUROC on each product's test split (torch path; the ONNX path comes with the export)."""
+    import cv2
+
+    from engine.datasets import DEFECTIVE
+    from engine.datasets.imageio import read_mask
+    from engine.metrics import evaluate_anomaly
+
+    cfg = state.config
+    model = UnifiedModel(cfg)
+    model.reconstructor.load_state_dict(state.weights)
+    model.eval()
+    out: dict[str, dict] = {}
+    for p in products or state.products:
+        ds = load_dataset(Path(data), category=p)
+        test = [s for s in ds.samples if s.split == "test" and s.label in (GOOD, DEFECTIVE)]
+        scores, maps, masks, labels = [], [], [], []
+        with torch.no_grad():
+            for s in test:
+                img = torch.from_numpy(read_image(s.image_path)).permute(2, 0, 1)[None].float()
+                x = F.interpolate(img, size=(cfg.image_size,) * 2, mode="bilinear", align_corners=False,
+                                  antialias=True)
+                score, amap = model(x)
+                scores.append(float(score[0]))
+                maps.append(amap[0, 0].numpy())
+                labels.append(int(s.label == DEFECTIVE))
+                masks.append(None if s.mask_path is None else cv2.resize(
+                    read_mask(s.mask_path).astype(np.uint8), (cfg.image_size,) * 2,
+                    interpolation=cv2.INTER_NEAREST) > 0)
+        m = evaluate_anomaly(scores, labels, maps, masks)
+        out[p] = {"image_auroc": round(m["image_auroc"], 4),
+                  "pixel_auroc": None if m["pixel_auroc"] is None else round(m["pixel_auroc"], 4)}
+    return out

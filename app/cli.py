@@ -62,6 +62,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_unified(args: argparse.Namespace) -> int:
+    """Base step (--categories) or incremental step (--resume RUN --add ...) of the unified model."""
+    from engine.jobs import run_job
+
+    if bool(args.resume) == bool(args.categories):
+        print("error: give --categories for a base step, or --resume RUN_DIR with --add for a new step",
+              file=sys.stderr)
+        return 2
+    if args.resume and not args.add:
+        print("error: --resume needs --add with the new products", file=sys.stderr)
+        return 2
+    names = [c.strip() for c in (args.add if args.resume else args.categories).split(",") if c.strip()]
+    params = {"data": args.data, "categories": names, "out": args.out, "resume": args.resume,
+              "image_size": args.image_size, "epochs": args.epochs}
+    if args.naive:
+        params.update(anchor_weight=0.0, compression_weight=0.0, project=False)
+    result = run_job("train_unified", params, _progress_printer("train"))
+    print(f"unified model written to {result['run_dir']}: products {', '.join(result['products'])}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from engine.jobs import run_job
 
@@ -290,6 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--resize", choices=["stretch", "area"], default="stretch",
                     help="stretch to a square, or keep the aspect ratio at the same pixel count")
     ta.set_defaults(func=cmd_train)
+    tu = train_sub.add_parser("unified", help="one model for many products, extended product by product (IUF)")
+    tu.add_argument("--data", required=True, help="dataset root with one category folder per product")
+    tu.add_argument("--categories", default=None, help="base step: products to learn, e.g. A,B,C")
+    tu.add_argument("--resume", default=None, help="incremental step: the previous step's run directory")
+    tu.add_argument("--add", default=None, help="incremental step: the new products, e.g. D,E")
+    tu.add_argument("--out", required=True, help="run directory (model.onnx + model.json + state)")
+    tu.add_argument("--image-size", type=int, default=256)
+    tu.add_argument("--epochs", type=int, default=50)
+    tu.add_argument("--naive", action="store_true", help="plain fine-tuning (no anchoring, projection or "
+                                                         "compression): the lower bound for comparisons")
+    tu.set_defaults(func=cmd_train_unified)
 
     ev = sub.add_parser("eval", help="evaluate a model on a dataset's test split")
     ev.add_argument("--model", required=True)

@@ -121,3 +121,41 @@ def test_base_step_then_an_incremental_step_without_old_images(tmp_path) -> None
     assert all(0.0 <= r["image_auroc"] <= 1.0 for r in result.values())
     with pytest.raises(DefectScopeError, match="already learned: wood"):
         train_step(step2, data, ["wood"], cfg, StepConfig(epochs=1))
+
+
+@pytest.mark.slow
+def test_cli_base_step_then_resume_exports_one_model_for_all_products(tmp_path, capsys) -> None:
+    """`train unified --categories` then `--resume --add`: one ONNX model (the memory-bank model's format) that
+    the engine runtime scores every product with; the resumed step never opens the first product's images."""
+    import sys as _sys
+
+    import numpy as np
+
+    from app.cli import main
+    from engine.datasets.demo import generate_demo_dataset
+    from engine.datasets.imageio import read_image
+    from engine.runtime import AnomalyModel
+
+    data = generate_demo_dataset(tmp_path / "demo", categories=["washer", "wood"], n_train=8, n_test_good=2,
+                                 n_test_defect_per_type=1, seed=3)
+    assert main(["train", "unified", "--data", str(data), "--categories", "washer", "--out", str(tmp_path / "s1"),
+                 "--image-size", "64", "--epochs", "2"]) == 0
+    opened: list[str] = []
+
+    def audit(event: str, args: tuple) -> None:
+        if event == "open" and args and isinstance(args[0], str):
+            opened.append(args[0])
+
+    _sys.addaudithook(audit)  # cannot be removed; it only appends to a list
+    assert main(["train", "unified", "--data", str(data), "--resume", str(tmp_path / "s1"), "--add", "wood",
+                 "--out", str(tmp_path / "s2"), "--image-size", "64", "--epochs", "2"]) == 0
+    assert not [p for p in opened if "/washer/" in p]  # no old product's image was read
+    assert "products washer, wood" in capsys.readouterr().out
+    model = AnomalyModel(tmp_path / "s2", device="cpu")
+    assert model.metadata["kind"] == "anomaly/unified" and model.metadata["products"] == ["washer", "wood"]
+    assert model.metadata["export"]["parity_max_abs_score_diff"] < 1e-4
+    for cat in ("washer", "wood"):
+        img = read_image(next((data / cat / "test" / "good").iterdir()))
+        pred = model.predict(img)
+        assert np.isfinite(pred.score) and pred.anomaly_map.shape == img.shape[:2]
+    assert main(["train", "unified", "--data", str(data), "--out", str(tmp_path / "x")]) == 2  # neither mode

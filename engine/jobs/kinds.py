@@ -76,5 +76,5 @@ register_job_kind(
     )
 )
 
-import engine.jobs.kinds_multimodal  # noqa: E402  (registers the RGB + 3D kind)
-import engine.jobs.kinds_segmentation  # noqa: E402,F401  (registers the segmentation kinds)
+# The other kinds register themselves on import (segmentation, RGB + 3D, unified).
+from engine.jobs import kinds_multimodal, kinds_segmentation, kinds_unified  # noqa: E402, F401

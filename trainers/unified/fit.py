@@ -14,7 +14,6 @@ benchmark protocol are not yet.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from engine.datasets import GOOD, load_dataset
 from engine.datasets.imageio import read_image
 from engine.errors import DatasetError, DefectScopeError
 from engine.jobs.registry import Progress
+from trainers.patchcore.fit import calibrate
 from trainers.unified.incremental import ActivationBases, anchoring_loss, capture_ffn_inputs, compression_loss
 from trainers.unified.model import UnifiedConfig, UnifiedModel
 
@@ -59,14 +59,22 @@ class UnifiedState:
     bases: ActivationBases = field(default_factory=ActivationBases)
     products: list[str] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
+    # per product: (center, threshold) of raw scores on its held-out good images, measured in its own step
+    product_stats: dict[str, list[float]] = field(default_factory=dict)
+
+    def normalisation(self) -> tuple[float, float]:
+        """One (center, threshold) for all products: median center, largest threshold (no product's known-good
+        parts are rejected by default)."""
+        if not self.product_stats:
+            return 0.0, 1.0
+        stats = np.array(list(self.product_stats.values()))
+        return float(np.median(stats[:, 0])), float(stats[:, 1].max())
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         torch.save({"config": asdict(self.config), "weights": self.weights, "bases": self.bases.state(),
-                    "products": self.products, "steps": self.steps}, folder / STATE_FILE)
-        (folder / "unified.json").write_text(json.dumps({"format": "defectscope.unified", "products": self.products,
-                                                          "steps": self.steps, "config": asdict(self.config)},
-                                                         indent=2))
+                    "products": self.products, "steps": self.steps, "product_stats": self.product_stats},
+                   folder / STATE_FILE)
 
     @classmethod
     def load(cls, folder: Path) -> UnifiedState:
@@ -75,29 +83,36 @@ class UnifiedState:
             raise DefectScopeError(f"{folder}: not a unified model run (no {STATE_FILE})")
         d = torch.load(path, map_location="cpu", weights_only=True)
         return cls(UnifiedConfig(**d["config"]), d["weights"], ActivationBases.from_state(d["bases"]),
-                   list(d["products"]), list(d["steps"]))
+                   list(d["products"]), list(d["steps"]), dict(d.get("product_stats", {})))
 
 
-def product_images(data: Path, products: Sequence[str], split: str = "train") -> dict[str, list[Path]]:
-    """Good images of each product's split (a category folder per product)."""
-    out: dict[str, list[Path]] = {}
+def product_images(data: Path, products: Sequence[str], holdout_fraction: float = 0.1
+                   ) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """(training, held-out) good images per product (a category folder per product). Held out: the validation
+    split when there is one, else the last `holdout_fraction` of train (at least one image)."""
+    train: dict[str, list[Path]] = {}
+    hold: dict[str, list[Path]] = {}
     for p in products:
         ds = load_dataset(Path(data), category=p)
-        imgs = [s.image_path for s in ds.samples if s.label == GOOD and s.split == split]
-        if not imgs:
-            raise DatasetError(f"{data}: product '{p}' has no good {split} images")
-        out[p] = imgs
-    return out
+        imgs = [s.image_path for s in ds.samples if s.label == GOOD and s.split == "train"]
+        val = [s.image_path for s in ds.samples if s.label == GOOD and s.split == "validation"]
+        if len(imgs) + len(val) < 2:
+            raise DatasetError(f"{data}: product '{p}' needs at least 2 good training images")
+        if not val:
+            k = max(1, round(holdout_fraction * len(imgs)))
+            imgs, val = imgs[:-k], imgs[-k:]
+        train[p], hold[p] = imgs, val
+    return train, hold
+
+
+def _resized(path: Path, size: int) -> torch.Tensor:
+    img = torch.from_numpy(read_image(path)).permute(2, 0, 1)[None].float()
+    return F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def _tokens(model: UnifiedModel, paths: list[Path], size: int) -> torch.Tensor:
-    rows = []
     with torch.no_grad():
-        for p in paths:
-            img = torch.from_numpy(read_image(p)).permute(2, 0, 1)[None].float()
-            x = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-            rows.append(model.tokens(x)[0])
-    return torch.stack(rows)  # N x L x D
+        return torch.stack([model.tokens(_resized(p, size))[0] for p in paths])  # N x L x D
 
 
 def train_step(state: UnifiedState | None, data: Path, new_products: Sequence[str], cfg: UnifiedConfig,
@@ -113,7 +128,9 @@ def train_step(state: UnifiedState | None, data: Path, new_products: Sequence[st
     model = UnifiedModel(cfg)
     if state is not None:
         model.reconstructor.load_state_dict(state.weights)
-    images = product_images(data, new_products)
+    if cfg.image_size % 64:
+        raise DefectScopeError(f"image_size must be a multiple of 64 (got {cfg.image_size})")
+    images, held_out = product_images(data, new_products)
     tokens = _tokens(model, [p for ps in images.values() for p in ps], cfg.image_size)
     rec = model.reconstructor
     layers = {f"ffn{i}": layer for i, layer in enumerate(rec.ffn_out_layers())}
@@ -150,12 +167,17 @@ def train_step(state: UnifiedState | None, data: Path, new_products: Sequence[st
     # This step's products are "old" from now on: capture their activations (every step, whatever the epochs).
     acts = capture_ffn_inputs(layers, lambda: rec(tokens))
     bases.capture(acts, step_cfg.capture_energy, step_cfg.capture_max_rank)
+    stats = dict(state.product_stats) if state else {}
+    with torch.no_grad():
+        for prod, paths in held_out.items():
+            scores = [float(model(_resized(p, cfg.image_size))[0][0]) for p in paths]
+            stats[prod] = list(calibrate(scores, 3.0))
     steps = [*(state.steps if state else []), {"products": list(new_products), "epochs": epochs_done,
                                                "final_loss": round(float(np.mean(losses[-10:])), 5),
                                                "seconds": round(time.perf_counter() - t0, 1),
                                                "config": asdict(step_cfg)}]
     return UnifiedState(cfg, {k: v.detach().clone() for k, v in rec.state_dict().items()}, bases,
-                        [*(state.products if state else []), *new_products], steps)
+                        [*(state.products if state else []), *new_products], steps, stats)
 
 
 def evaluate_products(state: UnifiedState, data: Path, products: Sequence[str] | None = None) -> dict[str, dict]:
@@ -191,3 +213,32 @@ def evaluate_products(state: UnifiedState, data: Path, products: Sequence[str] |
         out[p] = {"image_auroc": round(m["image_auroc"], 4),
                   "pixel_auroc": None if m["pixel_auroc"] is None else round(m["pixel_auroc"], 4)}
     return out
+
+
+def train_unified(data: str | Path, products: Sequence[str], out: str | Path, resume: str | Path | None = None,
+                  cfg: UnifiedConfig | None = None, step_cfg: StepConfig | None = None,
+                  progress: Progress | None = None) -> dict:
+    """A base step (resume None) or an incremental step from the run in `resume`; writes the state and the exported
+    model (model.onnx + model.json) to `out`. A resumed run never reads the earlier products' images."""
+    import engine
+    from trainers.unified.export import export_unified
+
+    report = progress or (lambda _f, _m: None)
+    state = UnifiedState.load(Path(resume)) if resume else None
+    new = train_step(state, Path(data), list(products), cfg or UnifiedConfig(), step_cfg or StepConfig(),
+                     lambda f, m: report(0.9 * f, m))
+    out_dir = Path(out)
+    new.save(out_dir)
+    model = UnifiedModel(new.config)
+    model.reconstructor.load_state_dict(new.weights)
+    center, threshold = new.normalisation()
+    report(0.92, "exporting ONNX")
+    _, held = product_images(Path(data), list(products))
+    meta = export_unified(model, center, threshold, out_dir, {
+        "kind": "anomaly/unified", "category": None, "products": new.products,
+        "dataset_root": str(Path(data).resolve()), "backbone": new.config.backbone,
+        "training": {"steps": new.steps, "product_stats": new.product_stats, "resumed_from": str(resume or "")},
+        "defectscope_version": engine.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        [p for ps in held.values() for p in ps][:2])
+    report(1.0, f"products: {', '.join(new.products)}")
+    return {"run_dir": str(out_dir), "products": new.products, "metadata": meta}

@@ -23,7 +23,7 @@ STAGES = (1, 2, 4)  # strides 4, 8, 16 on EfficientNet-Lite0/1/2
 
 @dataclass(frozen=True)
 class UnifiedConfig:
-    image_size: int = 224  # multiple of 32; the grid is image_size / 16
+    image_size: int = 256  # multiple of 64 (the exported graph's resize); the grid is image_size / 16
     backbone: str = "efficientnet-lite0"
     d_model: int = 256
     heads: int = 8

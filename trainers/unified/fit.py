@@ -46,6 +46,7 @@ class StepConfig:
     project: bool = True  # gradient projection from the second step on
     capture_energy: float = 0.95
     capture_max_rank: int = 64
+    max_images: int | None = None  # training images per product at most (evenly spaced), None = all
     time_budget_s: float | None = None
     seed: int = 0
 
@@ -86,7 +87,7 @@ class UnifiedState:
                    list(d["products"]), list(d["steps"]), dict(d.get("product_stats", {})))
 
 
-def product_images(data: Path, products: Sequence[str], holdout_fraction: float = 0.1
+def product_images(data: Path, products: Sequence[str], holdout_fraction: float = 0.1, max_images: int | None = None
                    ) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
     """(training, held-out) good images per product (a category folder per product). Held out: the validation
     split when there is one, else the last `holdout_fraction` of train (at least one image)."""
@@ -101,6 +102,10 @@ def product_images(data: Path, products: Sequence[str], holdout_fraction: float 
         if not val:
             k = max(1, round(holdout_fraction * len(imgs)))
             imgs, val = imgs[:-k], imgs[-k:]
+        if max_images and len(imgs) > max_images:
+            imgs = [imgs[int(i)] for i in np.linspace(0, len(imgs) - 1, max_images)]
+        if max_images and len(val) > max(2, max_images // 4):
+            val = [val[int(i)] for i in np.linspace(0, len(val) - 1, max(2, max_images // 4))]
         train[p], hold[p] = imgs, val
     return train, hold
 
@@ -130,7 +135,7 @@ def train_step(state: UnifiedState | None, data: Path, new_products: Sequence[st
         model.reconstructor.load_state_dict(state.weights)
     if cfg.image_size % 64:
         raise DefectScopeError(f"image_size must be a multiple of 64 (got {cfg.image_size})")
-    images, held_out = product_images(data, new_products)
+    images, held_out = product_images(data, new_products, max_images=step_cfg.max_images)
     tokens = _tokens(model, [p for ps in images.values() for p in ps], cfg.image_size)
     rec = model.reconstructor
     layers = {f"ffn{i}": layer for i, layer in enumerate(rec.ffn_out_layers())}
@@ -180,7 +185,8 @@ def train_step(state: UnifiedState | None, data: Path, new_products: Sequence[st
                         [*(state.products if state else []), *new_products], steps, stats)
 
 
-def evaluate_products(state: UnifiedState, data: Path, products: Sequence[str] | None = None) -> dict[str, dict]:
+def evaluate_products(state: UnifiedState, data: Path, products: Sequence[str] | None = None,
+                      max_test: int | None = None) -> dict[str, dict]:
     """Image and pixel AUROC on each product's test split (torch path; the ONNX path comes with the export)."""
     import cv2
 
@@ -196,6 +202,8 @@ def evaluate_products(state: UnifiedState, data: Path, products: Sequence[str] |
     for p in products or state.products:
         ds = load_dataset(Path(data), category=p)
         test = [s for s in ds.samples if s.split == "test" and s.label in (GOOD, DEFECTIVE)]
+        if max_test and len(test) > max_test:  # evenly spaced: keeps the good/defect mix of the folder order
+            test = [test[int(i)] for i in np.linspace(0, len(test) - 1, max_test)]
         scores, maps, masks, labels = [], [], [], []
         with torch.no_grad():
             for s in test:

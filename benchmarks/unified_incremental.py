@@ -1,5 +1,5 @@
 """One model for many products, learned product by product (issue 7): IUF vs naive fine-tuning vs joint training vs
-one memory-bank model per product.
+one memory-bank model per product (`--methods` picks which; `--add-to-previous` keeps earlier runs).
 
 Protocol "2 - 1 with 2 steps" over four products: grid and hazelnut (real, ../shared/data) in the base step, then
 magnetic tile (real), then washer (generated demo). After every step: image and pixel AUROC on every product seen
@@ -115,7 +115,9 @@ def render(results: dict, args: argparse.Namespace) -> str:
              "after each step; forgetting = mean drop of the old products from their best earlier value.", ""]
     head = "| method | step | " + " | ".join(products) + " | mean | forgetting (image / pixel) |"
     lines += [head, "|" + "---|" * (len(products) + 4)]
-    for method in ("iuf", "naive"):
+    for method in ("iuf", "iuf_no_compression", "naive"):
+        if method not in results:
+            continue
         hist = results[method]
         for i, res in enumerate(hist):
             cells = [f"{res[p]['image_auroc']:.3f} / {res[p]['pixel_auroc']:.3f}" if p in res else "" for p in products]
@@ -132,9 +134,9 @@ def render(results: dict, args: argparse.Namespace) -> str:
         lines.append("| memory bank per product | - | " + " | ".join(
             f"{bank[p]['image_auroc']:.3f} / {bank[p]['pixel_auroc'] or 0:.3f}" for p in products)
             + f" | {_mean(bank, 'image_auroc'):.3f} | - |")
-    fi_iuf, fi_naive = forgetting(results["iuf"], "image_auroc"), forgetting(results["naive"], "image_auroc")
-    lines += ["", f"Average image-AUROC forgetting after the last step: IUF {fi_iuf:.3f}, naive fine-tuning "
-                  f"{fi_naive:.3f}.", ""]
+    summary = ", ".join(f"{m} {forgetting(results[m], 'image_auroc'):.3f} / {forgetting(results[m], 'pixel_auroc'):.3f}"
+                        for m in ("iuf", "iuf_no_compression", "naive") if m in results)
+    lines += ["", f"Average forgetting (image / pixel AUROC) after the last step: {summary}.", ""]
     return "\n".join(lines)
 
 
@@ -144,7 +146,10 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--max-images", type=int, default=60)
-    ap.add_argument("--no-bank", action="store_true", help="skip the per-product memory-bank models")
+    ap.add_argument("--methods", default="iuf,iuf_no_compression,naive,joint,bank",
+                    help="comma-separated: iuf, iuf_no_compression (anchoring and projection only), naive, joint, bank")
+    ap.add_argument("--add-to-previous", action="store_true",
+                    help="keep the methods of the previous results.json in --out and (re)run only --methods")
     ap.add_argument("--no-results", action="store_true")
     args = ap.parse_args()
     if not SHARED.is_dir():
@@ -154,13 +159,22 @@ def main() -> int:
     root = products_root(out)
     cfg = {"image_size": args.image_size}
     base = {"epochs": args.epochs, "max_images": args.max_images, "lr": 1e-4}
-    results = {
-        "iuf": run_sequence(root, "iuf", {**base, "anchor_weight": 1.0, "compression_weight": 0.01}, cfg, STEPS),
-        "naive": run_sequence(root, "naive", {**base, "project": False}, cfg, STEPS),
-        "joint": run_sequence(root, "joint", base, cfg, [[p for s in STEPS for p in s]]),
+    runs = {
+        "iuf": lambda: run_sequence(root, "iuf", {**base, "anchor_weight": 1.0, "compression_weight": 0.01}, cfg,
+                                    STEPS),
+        "iuf_no_compression": lambda: run_sequence(root, "iuf_no_compression", {**base, "anchor_weight": 1.0}, cfg,
+                                                   STEPS),
+        "naive": lambda: run_sequence(root, "naive", {**base, "project": False}, cfg, STEPS),
+        "joint": lambda: run_sequence(root, "joint", base, cfg, [[p for s in STEPS for p in s]]),
+        "bank": lambda: memory_bank_per_product(root, out, args.image_size),
     }
-    if not args.no_bank:
-        results["bank"] = memory_bank_per_product(root, out, args.image_size)
+    previous = out / "results.json"
+    results = json.loads(previous.read_text()) if args.add_to_previous and previous.is_file() else {}
+    for method in args.methods.split(","):
+        if method not in runs:
+            print(f"unknown method '{method}'; known: {', '.join(runs)}", file=sys.stderr)
+            return 2
+        results[method] = runs[method]()
     (out / "results.json").write_text(json.dumps(results, indent=2))
     text = render(results, args)
     print(text)

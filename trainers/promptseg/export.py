@@ -12,8 +12,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from onnx import TensorProto, helper
 from engine.runtime import segmenter_format as fmt
 from trainers.common.efficientnet_lite import PIXEL_MEAN, PIXEL_STD
 from trainers.common.onnx_graph import IR_VERSION, OPSET
+from trainers.patchcore.export import atomic_write
 from trainers.promptseg.model import ArchConfig, TrunkTaps, decode_batch, exportable_decoder, trainable_state
 
 IMAGE_INPUT = "image"
@@ -309,18 +308,3 @@ def load_torch_model(run_dir: str | Path) -> tuple[Any, ArchConfig]:
     state = torch.load(run / STATE_FILE, map_location="cpu", weights_only=True)
     sam.load_state_dict({**sam.state_dict(), **state})
     return sam.eval(), arch
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; models are shared with other users of the PC
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

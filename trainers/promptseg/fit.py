@@ -33,6 +33,8 @@ from engine.datasets.imageio import read_image
 from engine.errors import DatasetError, DefectScopeError
 from engine.jobs.registry import Progress
 from engine.runtime import segmenter_format as fmt
+from trainers.patchcore.export import atomic_write
+from trainers.patchcore.fit import resolve_device
 from trainers.promptseg.data import (
     FLIPS,
     DataSource,
@@ -42,7 +44,7 @@ from trainers.promptseg.data import (
     collect_masked_images,
     split_holdout,
 )
-from trainers.promptseg.export import atomic_write, cpu_session, export_segmenter, trunk_taps_model
+from trainers.promptseg.export import cpu_session, export_segmenter, trunk_taps_model
 from trainers.promptseg.model import ArchConfig, build_sam, decode_batch, exportable_decoder
 from trainers.promptseg.prompts import correction_click, jitter_box
 from trainers.promptseg.synthetic import good_images, synthetic_samples
@@ -95,16 +97,6 @@ class TrainConfig:
 class TrainResult:
     run_dir: Path
     metadata: dict = field(default_factory=dict)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DefectScopeError("device 'cuda' asked for, but torch sees no CUDA GPU on this machine")
-    if device not in ("cpu", "cuda"):
-        raise DefectScopeError(f"device must be auto, cpu or cuda (got '{device}')")
-    return torch.device(device)
 
 
 # ---------------------------------------------------------------------------------------------- batches

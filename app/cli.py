@@ -75,7 +75,7 @@ def cmd_train_unified(args: argparse.Namespace) -> int:
         return 2
     names = [c.strip() for c in (args.add if args.resume else args.categories).split(",") if c.strip()]
     params = {"data": args.data, "categories": names, "out": args.out, "resume": args.resume,
-              "image_size": args.image_size, "epochs": args.epochs}
+              "image_size": args.image_size, "epochs": args.epochs, "device": args.device}
     if args.naive:
         params.update(anchor_weight=0.0, compression_weight=0.0, project=False)
     result = run_job("train_unified", params, _progress_printer("train"))
@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--out", required=True, help="run directory (model.onnx + model.json + state)")
     tu.add_argument("--image-size", type=int, default=256)
     tu.add_argument("--epochs", type=int, default=50)
+    tu.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     tu.add_argument("--naive", action="store_true", help="plain fine-tuning (no anchoring, projection or "
                                                          "compression): the lower bound for comparisons")
     tu.set_defaults(func=cmd_train_unified)

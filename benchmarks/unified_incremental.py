@@ -146,6 +146,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--max-images", type=int, default=60)
+    ap.add_argument("--compression-weight", type=float, default=1.0,
+                    help="weight of IUF's semantic compression loss (a share of the nuclear norm, 0..1)")
     ap.add_argument("--methods", default="iuf,iuf_no_compression,naive,joint,bank",
                     help="comma-separated: iuf, iuf_no_compression (anchoring and projection only), naive, joint, bank")
     ap.add_argument("--add-to-previous", action="store_true",
@@ -160,7 +162,8 @@ def main() -> int:
     cfg = {"image_size": args.image_size}
     base = {"epochs": args.epochs, "max_images": args.max_images, "lr": 1e-4}
     runs = {
-        "iuf": lambda: run_sequence(root, "iuf", {**base, "anchor_weight": 1.0, "compression_weight": 0.01}, cfg,
+        "iuf": lambda: run_sequence(root, "iuf", {**base, "anchor_weight": 1.0,
+                                                      "compression_weight": args.compression_weight}, cfg,
                                     STEPS),
         "iuf_no_compression": lambda: run_sequence(root, "iuf_no_compression", {**base, "anchor_weight": 1.0}, cfg,
                                                    STEPS),
@@ -170,7 +173,7 @@ def main() -> int:
     }
     previous = out / "results.json"
     results = json.loads(previous.read_text()) if args.add_to_previous and previous.is_file() else {}
-    for method in args.methods.split(","):
+    for method in filter(None, args.methods.split(",")):  # --methods "" --add-to-previous: only re-render
         if method not in runs:
             print(f"unknown method '{method}'; known: {', '.join(runs)}", file=sys.stderr)
             return 2

@@ -249,6 +249,10 @@ def test_inputs_outside_the_data_roots_are_refused(tmp_path, trained_model, demo
         r = c.post("/jobs", json={"kind": "train_anomaly", "params": {"data": str(demo_data / ".." / "..")}})
         assert r.status_code == 422 and "params.data" in r.json()["detail"]
         assert c.get("/jobs").json() == []
+        # The engine's own results are inputs too (a unified model's next step resumes from an earlier job).
+        own = tmp_path / "engine" / "jobs" / "earlier" / "artifacts" / "model"
+        r = c.post("/jobs", json={"kind": "eval", "params": {"model": str(own), "data": str(demo_data)}})
+        assert r.status_code == 200, r.text
     finally:
         eng.stop()
 

@@ -58,6 +58,21 @@ def test_compression_loss_has_real_gradients() -> None:
     assert loss.item() > 0 and feats.grad is not None and feats.grad.abs().sum() > 0
 
 
+def test_compression_loss_is_a_share_that_shrinking_cannot_lower_but_descent_does() -> None:
+    torch.manual_seed(0)
+    feats = torch.randn(2, 49, 32)
+    base = compression_loss(feats, keep=4)
+    assert 0 < base.item() < 1
+    assert compression_loss(feats * 0.01, keep=4).item() == pytest.approx(base.item(), rel=1e-4)
+    x = feats.clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=0.05)
+    for _ in range(20):
+        opt.zero_grad()
+        compression_loss(x, keep=4).backward()
+        opt.step()
+    assert compression_loss(x.detach(), keep=4).item() < 0.8 * base.item()  # the tail's share goes down
+
+
 def test_anchoring_pulls_towards_the_previous_step() -> None:
     model = nn.Linear(4, 4)
     previous = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -39,6 +39,7 @@ from app.gui.models_panel import ModelsPanel
 from app.gui.predictions import Predictions
 from app.gui.review_panel import ReviewPanel
 from app.gui.tasks import run_in_background, wait_for_background
+from app.gui.unified_dialog import UnifiedDialog, unified_runs
 from app.keys import sample_key
 from app.review.store import ReviewStore, ReviewStoreError, store_for_dataset
 from app.review.threshold import ScoreSet
@@ -80,6 +81,7 @@ class MainWindow(QMainWindow):
         self._pending_score_jobs: set[str] = set()
         self._pending_propose_jobs: set[str] = set()
         self._pending_segmenter_jobs: set[str] = set()
+        self._pending_unified_jobs: set[str] = set()
         # What "Train segmenter" asks of the engine besides the data (the job kind's defaults otherwise).
         self.segmenter_job_params: dict[str, Any] = {"synthetic_images": 300}
         self._shown_key: str | None = None
@@ -186,6 +188,7 @@ class MainWindow(QMainWindow):
         self._action(m, "Train &segmenter on the defect masks", self.train_segmenter)
         m.addSeparator()
         self._action(m, "&Train…", self.open_train_dialog, "Ctrl+T")
+        self._action(m, "Train a &unified model, or add products to one…", self.open_unified_dialog)
         self._action(m, "&Evaluate…", self.open_eval_dialog)
         e = bar.addMenu("&Engine")
         self._action(e, "Engine &settings…", self.open_engine_settings)
@@ -665,6 +668,13 @@ class MainWindow(QMainWindow):
                                              lambda msg: self.show_error(f"Cannot fetch the scores: {msg}"))
             elif job.get("state") == "failed":
                 self.show_error(f"Scoring failed: {job.get('error')}")
+        elif job.get("id") in self._pending_unified_jobs:
+            self._pending_unified_jobs.discard(job["id"])
+            if job.get("state") == "succeeded":
+                products = ", ".join((job.get("result") or {}).get("products") or [])
+                self.status_message.emit(f"The unified model now covers {products}: it is in the Models panel.")
+            elif job.get("state") == "failed":
+                self.show_error(f"Unified model training failed: {job.get('error')}")
         elif job.get("kind") == "train_anomaly" and job.get("state") == "succeeded":
             self.status_message.emit("Training finished: the model is in the Models panel.")
 
@@ -744,6 +754,28 @@ class MainWindow(QMainWindow):
                              check_paths=self.link.is_local)
         if dialog.exec():
             self.link.submit("train_anomaly", dialog.params(), on_error=lambda m: self.show_error(f"Training: {m}"))
+
+    def unified_dialog(self) -> UnifiedDialog:
+        """The unified-model dialog, with the open dataset's categories and the unified models the engine trained
+        (the active one preselected, else the newest: adding a product is the usual next step)."""
+        runs = unified_runs(self.link.jobs)
+        active = next((r for r in runs if self.model_dir is not None and self.link.is_local
+                       and Path(r.engine_path).resolve() == self.model_dir.resolve()), None)
+        return UnifiedDialog(self.dataset.root if self.dataset else None,
+                             self.dataset.categories if self.dataset else [], runs, self,
+                             check_paths=self.link.is_local, add_to=active or (runs[0] if runs else None))
+
+    def open_unified_dialog(self) -> None:
+        dialog = self.unified_dialog()
+        if dialog.exec():
+            self.submit_unified(dialog.params())
+
+    def submit_unified(self, params: dict[str, Any]) -> None:
+        names = ", ".join(params["categories"])
+        what = f"Adding {names} to the unified model" if params.get("resume") else f"Training a unified model on {names}"
+        self.link.submit("train_unified", params, on_done=self._pending_unified_jobs.add,
+                         on_error=lambda m: self.show_error(f"Unified model: {m}"))
+        self.status_message.emit(f"{what} in the engine (see Jobs).")
 
     def open_eval_dialog(self) -> None:
         dialog = EvalDialog(self.model_dir, self.dataset.root if self.dataset else None,

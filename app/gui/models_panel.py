@@ -1,6 +1,7 @@
 """The models panel: models trained by the engine, plus model folders the user added from disk.
 
-Engine models come from succeeded train_anomaly and train_multimodal jobs (kept in sync with `EngineLink.jobs_changed`); using one
+Engine models come from succeeded train_anomaly, train_multimodal and train_unified jobs (kept in sync with
+`EngineLink.jobs_changed`); using one
 goes through `EngineLink.fetch_model`, which is the job's own folder with a local engine and a verified
 download with a remote one. Added folders are remembered in the GUI's ini file. Reading a folder's model.json
 happens off the GUI thread (the folder may sit on a slow network share).
@@ -29,7 +30,7 @@ from app.gui.engine_link import EngineLink, gui_settings, read_model_metadata
 from app.gui.tasks import run_in_background
 
 FOLDERS_KEY = "models/folders"  # a JSON list: QSettings turns a one-element list into a plain string in ini
-TRAIN_KINDS = ("train_anomaly", "train_multimodal")  # job kinds whose "model" artifact is a model
+TRAIN_KINDS = ("train_anomaly", "train_multimodal", "train_unified")  # job kinds whose "model" artifact is a model
 KindRole = int(Qt.ItemDataRole.UserRole) + 1  # "job" | "folder"
 PayloadRole = int(Qt.ItemDataRole.UserRole) + 2  # the job dict, or the folder path as str
 ERROR_COLOR = QColor(200, 30, 30)
@@ -40,7 +41,8 @@ def describe_metadata(meta: dict) -> str:
     tr = meta.get("training") or {}
     rows = [
         ("model", "RGB + 3D (memory banks, cross-modal stand-ins)" if meta.get("format") == "defectscope.multimodal"
-         else None),
+         else "unified (one model for many products)" if meta.get("kind") == "anomaly/unified" else None),
+        ("products", ", ".join(meta.get("products") or []) or None),
         ("category", meta.get("category") or "(all)"),
         ("backbone", meta.get("backbone")),
         ("image size", meta.get("input_size")),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from engine.jobs.kinds import Device
 from engine.jobs.registry import JobKind, register_job_kind
 
 
@@ -20,9 +21,11 @@ class TrainUnifiedParams(BaseModel, extra="forbid"):
     epochs: int = Field(default=50, ge=1, le=10_000)
     lr: float = Field(default=1e-4, gt=0, le=1.0)
     anchor_weight: float = Field(default=1.0, ge=0.0, description="pull towards the previous step (0: naive)")
-    compression_weight: float = Field(default=0.01, ge=0.0)
+    compression_weight: float = Field(default=1.0, ge=0.0, description="semantic compression (share of the nuclear "
+                                                                      "norm in the small singular values)")
     project: bool = Field(default=True, description="project gradients away from old products' activations")
     seed: int = Field(default=0, ge=0)
+    device: Device = "auto"
 
 
 register_job_kind(

@@ -49,6 +49,8 @@ class Engine:
         self.upload_limits = UploadLimits()
         if self.data_roots is not None:
             self.data_roots.append(self.uploads_dir.resolve())  # uploaded datasets are always usable
+            # So are the engine's own results: a unified model's next step resumes from its earlier job's folder.
+            self.data_roots.append(self.executor.jobs_dir.resolve())
 
     def submit(self, kind_name: str, params: dict[str, Any]) -> str:
         kind = get_job_kind(kind_name)

@@ -7,8 +7,8 @@ products' activation directions before every optimiser step. At the end of every
 step's images are captured into the bases (so the next step protects them too). Feature tokens of the frozen
 backbone are computed once per step and kept (the backbone never trains).
 
-Work in progress (issue 7): the loop, checkpoints and resume are here; ONNX export, the CLI, engine jobs and the
-benchmark protocol are not yet.
+Training runs on `StepConfig.device` ("auto": the GPU when torch sees one); the saved state is always on the CPU,
+so a step trained on a GPU server resumes on a CPU-only PC and the reverse.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from engine.datasets import GOOD, load_dataset
 from engine.datasets.imageio import read_image
 from engine.errors import DatasetError, DefectScopeError
 from engine.jobs.registry import Progress
-from trainers.patchcore.fit import calibrate
+from trainers.patchcore.fit import calibrate, resolve_device
 from trainers.unified.incremental import ActivationBases, anchoring_loss, capture_ffn_inputs, compression_loss
 from trainers.unified.model import UnifiedConfig, UnifiedModel
 
@@ -49,6 +49,7 @@ class StepConfig:
     max_images: int | None = None  # training images per product at most (evenly spaced), None = all
     time_budget_s: float | None = None
     seed: int = 0
+    device: str = "cpu"  # auto | cpu | cuda
 
 
 @dataclass
@@ -115,9 +116,9 @@ def _resized(path: Path, size: int) -> torch.Tensor:
     return F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
-def _tokens(model: UnifiedModel, paths: list[Path], size: int) -> torch.Tensor:
+def _tokens(model: UnifiedModel, paths: list[Path], size: int, device: torch.device) -> torch.Tensor:
     with torch.no_grad():
-        return torch.stack([model.tokens(_resized(p, size))[0] for p in paths])  # N x L x D
+        return torch.stack([model.tokens(_resized(p, size).to(device))[0] for p in paths])  # N x L x D
 
 
 def train_step(state: UnifiedState | None, data: Path, new_products: Sequence[str], cfg: UnifiedConfig,
@@ -130,16 +131,19 @@ def train_step(state: UnifiedState | None, data: Path, new_products: Sequence[st
         overlap = sorted(set(new_products) & set(state.products))
         if overlap:
             raise DefectScopeError(f"products already learned: {', '.join(overlap)}")
+    device = resolve_device(step_cfg.device)
     model = UnifiedModel(cfg)
     if state is not None:
         model.reconstructor.load_state_dict(state.weights)
+    model.to(device)
     if cfg.image_size % 64:
         raise DefectScopeError(f"image_size must be a multiple of 64 (got {cfg.image_size})")
     images, held_out = product_images(data, new_products, max_images=step_cfg.max_images)
-    tokens = _tokens(model, [p for ps in images.values() for p in ps], cfg.image_size)
+    tokens = _tokens(model, [p for ps in images.values() for p in ps], cfg.image_size, device)
     rec = model.reconstructor
     layers = {f"ffn{i}": layer for i, layer in enumerate(rec.ffn_out_layers())}
-    bases = copy.deepcopy(state.bases) if state is not None else ActivationBases()  # the input state stays as it was
+    # A copy, so the input state stays as it was.
+    bases = copy.deepcopy(state.bases).to(device) if state is not None else ActivationBases()
     previous = {n: p.detach().clone() for n, p in rec.named_parameters()} if state is not None else {}
     opt = torch.optim.AdamW(rec.parameters(), lr=step_cfg.lr, weight_decay=step_cfg.weight_decay)
     gen = torch.Generator().manual_seed(step_cfg.seed)
@@ -175,18 +179,18 @@ def train_step(state: UnifiedState | None, data: Path, new_products: Sequence[st
     stats = dict(state.product_stats) if state else {}
     with torch.no_grad():
         for prod, paths in held_out.items():
-            scores = [float(model(_resized(p, cfg.image_size))[0][0]) for p in paths]
+            scores = [float(model(_resized(p, cfg.image_size).to(device))[0][0]) for p in paths]
             stats[prod] = list(calibrate(scores, 3.0))
     steps = [*(state.steps if state else []), {"products": list(new_products), "epochs": epochs_done,
                                                "final_loss": round(float(np.mean(losses[-10:])), 5),
                                                "seconds": round(time.perf_counter() - t0, 1),
                                                "config": asdict(step_cfg)}]
-    return UnifiedState(cfg, {k: v.detach().clone() for k, v in rec.state_dict().items()}, bases,
+    return UnifiedState(cfg, {k: v.detach().cpu().clone() for k, v in rec.state_dict().items()}, bases.to("cpu"),
                         [*(state.products if state else []), *new_products], steps, stats)
 
 
 def evaluate_products(state: UnifiedState, data: Path, products: Sequence[str] | None = None,
-                      max_test: int | None = None) -> dict[str, dict]:
+                      max_test: int | None = None, device: str = "cpu") -> dict[str, dict]:
     """Image and pixel AUROC on each product's test split (torch path; the ONNX path comes with the export)."""
     import cv2
 
@@ -197,7 +201,8 @@ def evaluate_products(state: UnifiedState, data: Path, products: Sequence[str] |
     cfg = state.config
     model = UnifiedModel(cfg)
     model.reconstructor.load_state_dict(state.weights)
-    model.eval()
+    dev = resolve_device(device)
+    model.to(dev).eval()
     out: dict[str, dict] = {}
     for p in products or state.products:
         ds = load_dataset(Path(data), category=p)
@@ -210,9 +215,9 @@ def evaluate_products(state: UnifiedState, data: Path, products: Sequence[str] |
                 img = torch.from_numpy(read_image(s.image_path)).permute(2, 0, 1)[None].float()
                 x = F.interpolate(img, size=(cfg.image_size,) * 2, mode="bilinear", align_corners=False,
                                   antialias=True)
-                score, amap = model(x)
+                score, amap = model(x.to(dev))
                 scores.append(float(score[0]))
-                maps.append(amap[0, 0].numpy())
+                maps.append(amap[0, 0].cpu().numpy())
                 labels.append(int(s.label == DEFECTIVE))
                 masks.append(None if s.mask_path is None else cv2.resize(
                     read_mask(s.mask_path).astype(np.uint8), (cfg.image_size,) * 2,

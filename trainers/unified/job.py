@@ -10,6 +10,7 @@ from trainers.unified.model import UnifiedConfig
 
 def train_job(params: TrainUnifiedParams, progress: Progress) -> dict:
     step = StepConfig(epochs=params.epochs, lr=params.lr, anchor_weight=params.anchor_weight,
-                      compression_weight=params.compression_weight, project=params.project, seed=params.seed)
+                      compression_weight=params.compression_weight, project=params.project, seed=params.seed,
+                      device=params.device)
     return train_unified(params.data, params.categories, params.out, params.resume,
                          UnifiedConfig(image_size=params.image_size), step, progress)

@@ -61,6 +61,27 @@ def test_training_writes_a_complete_model(model_dir: Path) -> None:
     assert list((model_dir / "cache" / "clouds").glob("*.npz"))
 
 
+def test_stand_in_maps_are_normalised_per_pixel_by_good_parts(model_dir: Path, demo3d: Path, tmp_path: Path) -> None:
+    """The translator's place-bound error is taken out: on good parts it was not fitted on, the per-pixel
+    normalised stand-in maps have no systematic pattern left (their mean stays near 0 everywhere)."""
+    model = mm.MultimodalModel(model_dir)
+    assert set(model.pixel_norm) == {"geo_pred", "rgb_pred"}
+    for mu, sd in model.pixel_norm.values():
+        assert mu.shape == sd.shape == (128, 128) and (sd > 0).all()
+    good = sorted((demo3d / "dome" / "test" / "good" / "rgb").glob("*.png"))
+    maps = {"geo_pred": [], "rgb_pred": []}
+    for rgb in good:
+        rows, _ = model.rows(rgb, rgb.parent.parent / "xyz" / f"{rgb.stem}.tiff", set(mm.SOURCES), tmp_path)
+        for src in maps:
+            maps[src].append(model.pixel_normalised(model.raw_map(rows[src], src), src))
+    for src, ms in maps.items():
+        mean = np.mean(ms, 0)
+        assert np.quantile(np.abs(mean), 0.95) < 2.0, src
+    model.stand_in_bank = "predicted"  # a bank of stand-ins already shares their error: left as it is
+    raw = model.raw_map(rows["geo_pred"], "geo_pred")
+    assert np.array_equal(model.pixel_normalised(raw, "geo_pred"), raw)
+
+
 def test_one_sensor_missing_never_opens_its_files(model_dir: Path, demo3d: Path, tmp_path: Path) -> None:
     part = demo3d / "dome" / "test" / "dent"
     rgb, xyz = part / "rgb" / "000.png", part / "xyz" / "000.tiff"

@@ -5,7 +5,8 @@ A model folder (written by trainers.multimodal) holds:
   rgb_to_geo.onnx     N x D standardised RGB features -> N x 33 standardised 3D features (distillation)
   geo_to_rgb.onnx     the reverse
   banks.npz           coresets of standardised patch features of good training parts: rgb and geo (measured),
-                      rgb_pred and geo_pred (the stand-ins predicted for them), standardisation statistics
+                      rgb_pred and geo_pred (the stand-ins predicted for them), standardisation statistics,
+                      per-pixel mean and spread of the stand-ins' maps on good parts (pixmu_*, pixsd_*)
   multimodal.json     grid sizes, preprocessing, per-(modality, source) score normalisation, metadata
 
 Scoring one part: each available modality gives its patch features; a missing one is predicted from the other by
@@ -14,7 +15,9 @@ the distillation network and queried against a bank of that modality: by default
 cancels the translator's systematic error but also inherits how well it fits its own training parts);
 benchmarks/multimodal_3d.py measures both. Each source's patch distances become a blurred map,
 normalised by what held-out good parts score (0 = their mean, 1 = one standard deviation above), and the fused
-map is the mean of the two. Only the files of the modalities asked for are opened: scoring from RGB alone never
+map is the mean of the two. A stand-in's map against the measured bank is first normalised per pixel by good
+parts' maps: the translator errs more in some places than others (part edges, the background ring) on every
+part, and only departures from that pattern are anomalies (measured: benchmarks/RESULTS.md, "RGB + 3D"). Only the files of the modalities asked for are opened: scoring from RGB alone never
 touches the point cloud, and the reverse.
 
 3D features (FPFH, open3d) are not an ONNX graph; they are computed by engine.geometry from the preprocessed
@@ -98,10 +101,12 @@ class MultimodalModel:
         banks_path = self.dir / BANKS_FILE
         self.banks: dict[str, np.ndarray] = {}
         self.stats: dict[str, np.ndarray] = {}
+        self.pixel_norm: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # stand-in source -> (mean map, spread map)
         if banks_path.is_file():
             with np.load(banks_path) as z:
                 self.banks = {k: z[k] for k in SOURCES if k in z}
                 self.stats = {k: z[k] for k in z.files if k.endswith(("_mean", "_std"))}
+                self.pixel_norm = {s: (z[f"pixmu_{s}"], z[f"pixsd_{s}"]) for s in SOURCES if f"pixmu_{s}" in z}
 
     # ------------------------------------------------------------------ sessions
     def _session(self, name: str) -> Any:  # an onnxruntime.InferenceSession
@@ -148,9 +153,16 @@ class MultimodalModel:
         return patch_map(nearest_distances(rows, self.banks[self.bank_of(source)]), self.cells, self.map_size,
                          self.sigma)
 
+    def pixel_normalised(self, raw: np.ndarray, source: str) -> np.ndarray:
+        """A stand-in's raw map against the measured bank, per pixel relative to good parts; others as they are."""
+        pix = self.pixel_norm.get(source)
+        if pix is None or self.bank_of(source) == source:
+            return raw
+        return (raw - pix[0]) / pix[1]
+
     def normalised(self, raw: np.ndarray, source: str) -> np.ndarray:
         center, scale = self.norm.get(f"{source}>{self.bank_of(source)}", (0.0, 1.0))
-        return (raw - center) / scale
+        return (self.pixel_normalised(raw, source) - center) / scale
 
     def predict(self, rgb_path: str | Path | None = None, xyz_path: str | Path | None = None,
                 mode: str | None = None, cache_dir: str | Path | None = None) -> MultimodalPrediction:

@@ -6,7 +6,9 @@
    dimension; greedy coresets become the measured banks.
 3. Distillation networks RGB -> 3D and 3D -> RGB, early-stopped on held-out good parts (the validation split,
    else a slice of train); at inspection their stand-ins query the measured bank of the missing modality.
-4. Normalisation per bank from the held-out good parts' image scores (mean, std), so modalities add up.
+4. Normalisation per bank from the held-out good parts' image scores (mean, std), so modalities add up; a
+   stand-in's map against the measured bank is first normalised per pixel by the maps of the good parts
+   (training and held-out), which removes the translator's systematic, place-bound error.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -43,6 +46,7 @@ class MultimodalConfig:
     backbone: str = "efficientnet-lite0"
     coreset_fraction: float = 0.1
     blur_sigma: float = 4.0
+    pixel_norm_sigma: float = 4.0  # smoothing of the stand-ins' per-pixel mean and spread (map pixels)
     distill_epochs: int = 60
     distill_hidden: int = 1024
     holdout_fraction: float = 0.2  # of train/good, when the dataset has no validation split
@@ -65,6 +69,15 @@ def _xyz_path(s: Sample) -> Path:
     if p is None:
         raise DatasetError(f"{s.image_path}: no matching point cloud (xyz TIFF or depth map)")
     return p
+
+
+def pixel_stats(maps: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Smoothed per-pixel mean and spread of good parts' maps (parts x H x W). The spread has a floor of half the
+    overall spread: a few dozen parts estimate a pixel's variance poorly, and a near-zero one would blow up."""
+    mu = cv2.GaussianBlur(maps.mean(0).astype(np.float32), (0, 0), sigma)
+    var = cv2.GaussianBlur(maps.var(0).astype(np.float32), (0, 0), sigma)
+    sd = np.sqrt(np.maximum(var, 0.0) + (0.5 * float(maps.std())) ** 2 + 1e-12)
+    return mu.astype(np.float32), sd.astype(np.float32)
 
 
 def train_multimodal(data: str | Path, category: str | None, out_dir: str | Path,
@@ -149,10 +162,19 @@ def train_multimodal(data: str | Path, category: str | None, out_dir: str | Path
     val_rows = {"rgb": rgb_va, "geo": geo_va}
     val_rows["geo_pred"] = np.stack([model.translate(r, "geo") for r in rgb_va])
     val_rows["rgb_pred"] = np.stack([model.translate(r, "rgb") for r in geo_va])
+    model.stand_in_bank = "measured"
+    pixel = {}
+    for name, src_rows in (("geo_pred", rgb_tr), ("rgb_pred", geo_tr)):
+        to = "geo" if name == "geo_pred" else "rgb"
+        maps = np.stack([model.raw_map(model.translate(r, to), name) for r in src_rows]
+                        + [model.raw_map(r, name) for r in val_rows[name]])
+        pixel[f"pixmu_{name}"], pixel[f"pixsd_{name}"] = pixel_stats(maps, cfg.pixel_norm_sigma)
+    np.savez(out / mm.BANKS_FILE, **banks, **stats, **pixel)
+    model = mm.MultimodalModel(out)
     for variant in mm.STAND_IN_BANKS:
         model.stand_in_bank = variant
         for name in mm.SOURCES:
-            scores = [float(model.raw_map(r, name).max()) for r in val_rows[name]]
+            scores = [float(model.pixel_normalised(model.raw_map(r, name), name).max()) for r in val_rows[name]]
             meta["normalisation"][f"{name}>{model.bank_of(name)}"] = [float(np.mean(scores)),
                                                                       float(np.std(scores) + 1e-6)]
     meta["stand_in_bank"] = cfg.stand_in_bank

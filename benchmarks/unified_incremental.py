@@ -49,13 +49,19 @@ def products_root(out: Path) -> Path:
 
 def forgetting(history: list[dict[str, dict]], metric: str) -> float | None:
     """Mean over products learned before the last step of (best earlier value - last value)."""
+    drops = list(product_drops(history, metric).values())
+    return sum(drops) / len(drops) if drops else None
+
+
+def product_drops(history: list[dict[str, dict]], metric: str) -> dict[str, float]:
+    """Per product learned before the last step: best earlier value - last value."""
     last = history[-1]
-    drops = []
+    out = {}
     for p in last:
         earlier = [h[p][metric] for h in history[:-1] if p in h and h[p][metric] is not None]
         if earlier and last[p][metric] is not None:
-            drops.append(max(earlier) - last[p][metric])
-    return sum(drops) / len(drops) if drops else None
+            out[p] = max(earlier) - last[p][metric]
+    return out
 
 
 def run_sequence(root: Path, name: str, step_cfg_kw: dict, cfg_kw: dict, steps: list[list[str]]) -> list[dict]:
@@ -137,6 +143,14 @@ def render(results: dict, args: argparse.Namespace) -> str:
     summary = ", ".join(f"{m} {forgetting(results[m], 'image_auroc'):.3f} / {forgetting(results[m], 'pixel_auroc'):.3f}"
                         for m in ("iuf", "iuf_no_compression", "naive") if m in results)
     lines += ["", f"Average forgetting (image / pixel AUROC) after the last step: {summary}.", ""]
+    per_product = []
+    for m in ("iuf", "iuf_no_compression", "naive"):
+        if m in results:
+            drops = product_drops(results[m], "image_auroc")
+            per_product.append(f"{m} " + ", ".join(f"{p} {d:+.3f}" for p, d in drops.items()))
+    if per_product:
+        lines += ["Image AUROC drop per old product after the last step (best earlier value - last; positive = "
+                  "forgotten): " + "; ".join(per_product) + ".", ""]
     return "\n".join(lines)
 
 

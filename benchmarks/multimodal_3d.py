@@ -43,7 +43,8 @@ def render(results: dict, machine: str, seconds: dict) -> str:
              "the same patches, 10% greedy coresets, LayerNorm + MLP (1024 hidden) translators early-stopped on "
              "the validation parts; stand-ins query the measured bank of the missing modality (the default; rows "
              "marked 'vs a bank of stand-ins' query a bank of the stand-ins predicted for the training parts instead); "
-             "maps normalised by validation scores and averaged.", ""]
+             "a stand-in's map against the measured bank is first normalised per pixel by the good training and "
+             "validation parts' maps; maps normalised by validation scores and averaged.", ""]
     for cat, res in results.items():
         types = list(next(iter(res["modes"].values()))["image_auroc_per_type"])
         head = "| mode | image AUROC | pixel AUROC | AU-PRO | " + " | ".join(types) + " |"

@@ -40,6 +40,7 @@ def _small_map(amap: np.ndarray) -> np.ndarray:
 class _Scorer(Protocol):
     threshold: float
     provider: str
+    notes: list[str]  # what the engineer should know about how the scores were made (shown with the job)
 
     def score(self, sample: Sample) -> tuple[float, np.ndarray]: ...
 
@@ -62,6 +63,7 @@ class _ImageScorer:
     def __init__(self, model_dir: Path, device: str) -> None:
         self.model = AnomalyModel(model_dir, device=device)
         self.threshold, self.provider = self.model.threshold, self.model.provider
+        self.notes: list[str] = []
 
     def score(self, sample: Sample) -> tuple[float, np.ndarray]:
         pred = self.model.predict(read_image(sample.image_path))
@@ -79,11 +81,28 @@ class _MultimodalScorer:
         self.threshold = float(self.model.meta.get("threshold", 3.0))
         self.provider = "CPUExecutionProvider"
         self.cache = Path(model_dir) / "cache" / "clouds"
+        self.notes: list[str] = []
+        # 3D features need open3d (the '3d' extra), which the inspection-PC installer leaves out (900 MB). Such
+        # an install still scores RGB + 3D parts, from the image with the distilled 3D stand-in (the model's
+        # missing-sensor mode), and says so, rather than failing every part.
+        try:
+            import open3d  # noqa: F401
+
+            self.geometry = True
+        except ImportError:
+            self.geometry = False
 
     def score(self, sample: Sample) -> tuple[float, np.ndarray]:
         from engine.datasets.pointcloud import cloud_path
 
-        pred = self.model.predict(sample.image_path, cloud_path(sample.extra), cache_dir=self.cache)
+        xyz = cloud_path(sample.extra)
+        if xyz is not None and not self.geometry:
+            xyz = None
+            if not self.notes:
+                self.notes.append("open3d is not installed with this engine: parts were scored from their RGB image "
+                                  "with the distilled 3D stand-in, not from their point clouds (install the '3d' "
+                                  "extra to use both sensors)")
+        pred = self.model.predict(sample.image_path, xyz, cache_dir=self.cache)
         return pred.score, pred.anomaly_map
 
 
@@ -126,12 +145,14 @@ def score_dataset(
             report((n + 1) / len(samples), f"scored {n + 1}/{len(samples)} images")
     summary = {"model": str(Path(model_dir).resolve()), "data": str(root.resolve()), "category": category,
                "threshold": model.threshold, "provider": model.provider, "n_scored": len(items),
-               "items": items, "errors": errors}
+               "items": items, "errors": errors, "notes": model.notes}
     tmp = out / f".{SCORES_FILE}.tmp"
     tmp.write_text(json.dumps(summary))
     os.replace(tmp, out / SCORES_FILE)  # the GUI never reads a half-written file
+    if model.notes:
+        report(1.0, " ".join(model.notes))
     return {"scores": str(out / SCORES_FILE), "n_scored": len(items), "n_errors": len(errors),
-            "provider": model.provider}
+            "provider": model.provider, "notes": model.notes}
 
 
 def score_dataset_job(params: ScoreDatasetParams, progress: Progress) -> dict:

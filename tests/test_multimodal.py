@@ -154,5 +154,25 @@ def test_score_dataset_job_scores_rgb_and_3d_parts_for_the_workbench(model_dir: 
     assert np.mean(bad) > np.mean(good)
     amap = np.load(out / items[0]["map"])
     assert amap.shape == (128, 128)
+    assert summary["notes"] == [] and result["notes"] == []
     with pytest.raises(DefectScopeError, match="not a DefectScope model folder"):
         run_job("score_dataset", {"model": str(tmp_path), "data": str(demo3d), "out": str(tmp_path / "o")})
+
+
+def test_an_engine_without_open3d_scores_3d_parts_from_rgb_and_says_so(model_dir: Path, demo3d: Path,
+                                                                       tmp_path: Path, monkeypatch) -> None:
+    """The inspection-PC installer leaves open3d out: parts with point clouds are scored from their image with
+    the distilled 3D stand-in (the same scores as asking for that mode), with a note, instead of failing."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "open3d", None)  # what an install without the '3d' extra sees
+    out = tmp_path / "pred"
+    result = run_job("score_dataset", {"model": str(model_dir), "data": str(demo3d), "category": "dome",
+                                       "out": str(out), "splits": ["test"], "device": "cpu"})
+    summary = json.loads((out / "scores.json").read_text())
+    assert result["n_errors"] == 0 and summary["n_scored"] == result["n_scored"] > 0
+    assert len(summary["notes"]) == 1 and "open3d is not installed" in summary["notes"][0]
+    model = mm.MultimodalModel(model_dir)
+    part = demo3d / "dome" / "test" / "dent" / "rgb" / "000.png"
+    item = next(v for k, v in summary["items"].items() if k.endswith("dent/rgb/000.png"))
+    assert item["score"] == pytest.approx(model.predict(rgb_path=part, mode="rgb_with_distilled_geo").score, abs=1e-5)

@@ -54,6 +54,7 @@ MAX_PRO_IMAGES = 2000  # maps and masks held in memory for the PRO curve (256 px
 BANNER_STYLE = {
     "error": "background:#c62828; color:white; padding:6px; font-weight:bold;",
     "info": "background:#1565c0; color:white; padding:6px;",
+    "warning": "background:#ef8f00; color:black; padding:6px;",
 }
 ENGINE_COLOURS = {"connected": "#2e7d32", "starting": "#ef8f00", "stopped": "#757575",
                   "unreachable": "#c62828", "unauthorized": "#c62828"}
@@ -663,6 +664,9 @@ class MainWindow(QMainWindow):
             return
         if job.get("id") in self._pending_score_jobs:
             self._pending_score_jobs.discard(job["id"])
+            notes = (job.get("result") or {}).get("notes") or []
+            if job.get("state") == "succeeded" and notes:
+                self.show_banner("Scores: " + " ".join(notes), "warning", tag="scores")
             if job.get("state") == "succeeded":
                 self.link.fetch_artifact_dir(job, "predictions", self.load_predictions,
                                              lambda msg: self.show_error(f"Cannot fetch the scores: {msg}"))

@@ -17,8 +17,9 @@ benchmarks/multimodal_3d.py measures both. Each source's patch distances become 
 normalised by what held-out good parts score (0 = their mean, 1 = one standard deviation above), and the fused
 map is the mean of the two. A stand-in's map against the measured bank is first normalised per pixel by good
 parts' maps: the translator errs more in some places than others (part edges, the background ring) on every
-part, and only departures from that pattern are anomalies (measured: benchmarks/RESULTS.md, "RGB + 3D"). Only the files of the modalities asked for are opened: scoring from RGB alone never
-touches the point cloud, and the reverse.
+part, and only departures from that pattern are anomalies (measured: benchmarks/RESULTS.md, "RGB + 3D").
+Only the files of the modalities asked for are opened: scoring from RGB alone never touches the point cloud,
+and the reverse.
 
 3D features (FPFH, open3d) are not an ONNX graph; they are computed by engine.geometry from the preprocessed
 cloud, the same code in training and inspection.

@@ -667,6 +667,8 @@ class MainWindow(QMainWindow):
             notes = (job.get("result") or {}).get("notes") or []
             if job.get("state") == "succeeded" and notes:
                 self.show_banner("Scores: " + " ".join(notes), "warning", tag="scores")
+            elif job.get("state") == "succeeded":
+                self.hide_banner_if("scores")
             if job.get("state") == "succeeded":
                 self.link.fetch_artifact_dir(job, "predictions", self.load_predictions,
                                              lambda msg: self.show_error(f"Cannot fetch the scores: {msg}"))

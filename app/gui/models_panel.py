@@ -1,9 +1,8 @@
 """The models panel: models trained by the engine, plus model folders the user added from disk.
 
 Engine models come from succeeded train_anomaly, train_multimodal and train_unified jobs (kept in sync with
-`EngineLink.jobs_changed`); using one
-goes through `EngineLink.fetch_model`, which is the job's own folder with a local engine and a verified
-download with a remote one. Added folders are remembered in the GUI's ini file. Reading a folder's model.json
+`EngineLink.jobs_changed`); using one goes through `EngineLink.fetch_model`, which is the job's own folder with a
+local engine and a verified download with a remote one. Added folders are remembered in the GUI's ini file. Reading a folder's model.json
 happens off the GUI thread (the folder may sit on a slow network share).
 """
 

@@ -297,8 +297,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "prompt_annotator"))
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
-    ap.add_argument("--time-budget", type=float, default=3600.0, help="seconds of the training loop (at most)")
-    ap.add_argument("--epochs", type=int, default=8, help="passes over the training draws (the usual stop)")
+    ap.add_argument("--time-budget", type=float, default=5400.0, help="seconds of the training loop (at most)")
+    ap.add_argument("--epochs", type=int, default=20, help="passes over the training draws (the usual stop)")
     ap.add_argument("--synthetic-images", type=int, default=600,
                     help="synthetic defects pasted on the sets' good images (trainers.promptseg.synthetic)")
     ap.add_argument("--synthetic-share", type=float, default=0.3, help="their share of the training draws")

@@ -80,23 +80,19 @@ def run_sequence(root: Path, name: str, step_cfg_kw: dict, cfg_kw: dict, steps: 
 
 def memory_bank_per_product(root: Path, out: Path, image_size: int) -> dict[str, dict]:
     """One memory-bank model per product, scored on the same test subset as the unified models."""
-    import numpy as np
-
-    from engine.datasets import DEFECTIVE, GOOD, load_dataset
+    from engine.datasets import DEFECTIVE
     from engine.datasets.imageio import read_image, read_mask
     from engine.jobs import run_job
     from engine.metrics import evaluate_anomaly
     from engine.runtime import AnomalyModel
+    from trainers.unified.fit import labelled_test_samples
 
     res = {}
     for p in [p for s in STEPS for p in s]:
         run_job("train_anomaly", {"data": str(root), "category": p, "out": str(out / "bank" / p),
                                   "image_size": image_size, "device": "cpu"})
         model = AnomalyModel(out / "bank" / p, device="cpu")
-        ds = load_dataset(root, category=p)
-        test = [s for s in ds.samples if s.split == "test" and s.label in (GOOD, DEFECTIVE)]
-        if len(test) > MAX_TEST:
-            test = [test[int(i)] for i in np.linspace(0, len(test) - 1, MAX_TEST)]
+        test = labelled_test_samples(root, p, MAX_TEST)
         preds = [model.predict(read_image(s.image_path)) for s in test]
         masks = [None if s.mask_path is None else read_mask(s.mask_path) for s in test]
         m = evaluate_anomaly([q.score for q in preds], [int(s.label == DEFECTIVE) for s in test],

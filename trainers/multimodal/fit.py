@@ -164,10 +164,9 @@ def train_multimodal(data: str | Path, category: str | None, out_dir: str | Path
     val_rows["rgb_pred"] = np.stack([model.translate(r, "rgb") for r in geo_va])
     model.stand_in_bank = "measured"
     pixel = {}
-    for name, src_rows in (("geo_pred", rgb_tr), ("rgb_pred", geo_tr)):
-        to = "geo" if name == "geo_pred" else "rgb"
-        maps = np.stack([model.raw_map(model.translate(r, to), name) for r in src_rows]
-                        + [model.raw_map(r, name) for r in val_rows[name]])
+    for name in ("geo_pred", "rgb_pred"):
+        per_part = rows[name].reshape(len(rgb_tr), -1, rows[name].shape[-1])  # the training parts' stand-ins
+        maps = np.stack([model.raw_map(r, name) for r in per_part] + [model.raw_map(r, name) for r in val_rows[name]])
         pixel[f"pixmu_{name}"], pixel[f"pixsd_{name}"] = pixel_stats(maps, cfg.pixel_norm_sigma)
     np.savez(out / mm.BANKS_FILE, **banks, **stats, **pixel)
     model = mm.MultimodalModel(out)

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.datasets import GOOD, load_dataset
+from engine.datasets import DEFECTIVE, GOOD, load_dataset
 from engine.datasets.imageio import read_image
+from engine.datasets.types import Sample
 from engine.errors import DatasetError, DefectScopeError
 from engine.jobs.registry import Progress
 from trainers.patchcore.fit import calibrate, resolve_device
@@ -88,6 +89,20 @@ class UnifiedState:
                    list(d["products"]), list(d["steps"]), dict(d.get("product_stats", {})))
 
 
+def evenly_spaced(items: list, n: int | None) -> list:
+    """At most `n` items spread over the whole list (keeps the mix of a folder-ordered list), all when n is None."""
+    if not n or len(items) <= n:
+        return items
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, n)]
+
+
+def labelled_test_samples(data: Path, product: str, max_test: int | None = None) -> list[Sample]:
+    """A product's labelled test samples, at most `max_test` of them, evenly spaced (the same subset for every
+    method a benchmark compares)."""
+    ds = load_dataset(Path(data), category=product)
+    return evenly_spaced([s for s in ds.samples if s.split == "test" and s.label in (GOOD, DEFECTIVE)], max_test)
+
+
 def product_images(data: Path, products: Sequence[str], holdout_fraction: float = 0.1, max_images: int | None = None
                    ) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
     """(training, held-out) good images per product (a category folder per product). Held out: the validation
@@ -103,10 +118,8 @@ def product_images(data: Path, products: Sequence[str], holdout_fraction: float 
         if not val:
             k = max(1, round(holdout_fraction * len(imgs)))
             imgs, val = imgs[:-k], imgs[-k:]
-        if max_images and len(imgs) > max_images:
-            imgs = [imgs[int(i)] for i in np.linspace(0, len(imgs) - 1, max_images)]
-        if max_images and len(val) > max(2, max_images // 4):
-            val = [val[int(i)] for i in np.linspace(0, len(val) - 1, max(2, max_images // 4))]
+        if max_images:
+            imgs, val = evenly_spaced(imgs, max_images), evenly_spaced(val, max(2, max_images // 4))
         train[p], hold[p] = imgs, val
     return train, hold
 
@@ -194,7 +207,6 @@ def evaluate_products(state: UnifiedState, data: Path, products: Sequence[str] |
     """Image and pixel AUROC on each product's test split (torch path; the ONNX path comes with the export)."""
     import cv2
 
-    from engine.datasets import DEFECTIVE
     from engine.datasets.imageio import read_mask
     from engine.metrics import evaluate_anomaly
 
@@ -205,10 +217,7 @@ def evaluate_products(state: UnifiedState, data: Path, products: Sequence[str] |
     model.to(dev).eval()
     out: dict[str, dict] = {}
     for p in products or state.products:
-        ds = load_dataset(Path(data), category=p)
-        test = [s for s in ds.samples if s.split == "test" and s.label in (GOOD, DEFECTIVE)]
-        if max_test and len(test) > max_test:  # evenly spaced: keeps the good/defect mix of the folder order
-            test = [test[int(i)] for i in np.linspace(0, len(test) - 1, max_test)]
+        test = labelled_test_samples(data, p, max_test)
         scores, maps, masks, labels = [], [], [], []
         with torch.no_grad():
             for s in test:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, Field
 
-from engine.jobs.kinds import Device
 from engine.jobs.registry import JobKind, register_job_kind
+from engine.jobs.types import Device, Split
 
 
 class ProposeMasksParams(BaseModel, extra="forbid"):
@@ -15,7 +13,7 @@ class ProposeMasksParams(BaseModel, extra="forbid"):
     segmenter: str = Field(description="promptable segmenter directory (encoder.onnx, decoder.onnx)")
     data: str = Field(description="dataset root")
     category: str | None = None
-    splits: list[Literal["train", "validation", "test", "unspecified"]] | None = None
+    splits: list[Split] | None = None
     threshold: float | None = Field(default=None, description="map level of a blob (default: the model's own)")
     out: str = Field(description="folder for proposals.json")
     device: Device = "auto"

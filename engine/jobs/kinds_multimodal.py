@@ -33,5 +33,6 @@ register_job_kind(
         needs_torch=True,
         outputs={"out": "model"},
         path_params=("data",),
+        model_output="model",
     )
 )

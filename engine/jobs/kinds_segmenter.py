@@ -1,15 +1,14 @@
 """The train_segmenter job kind: DefectScope's own promptable defect segmenter (trainers.promptseg).
 
-Registered from engine.jobs.kinds_segmentation; kept torch-free (the entry point is imported only when a job runs).
+Registered through engine.jobs.catalog; kept torch-free (the entry point is imported only when a job runs).
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, Field, field_validator
 
 from engine.jobs.registry import JobKind, register_job_kind
+from engine.jobs.types import Device
 
 
 class TrainSegmenterParams(BaseModel, extra="forbid"):
@@ -30,7 +29,7 @@ class TrainSegmenterParams(BaseModel, extra="forbid"):
                                               "the real masks (0: real masks only)")
     synthetic_share: float = Field(default=0.3, ge=0.0, le=1.0,
                                    description="share of the training draws that are synthetic defects")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     seed: int = Field(default=0, ge=0)
 
     @field_validator("input_size")

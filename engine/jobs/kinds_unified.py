@@ -5,10 +5,12 @@ Kept torch-free: the entry point is imported only when a job runs.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, Field
 
-from engine.jobs.kinds import Device
 from engine.jobs.registry import JobKind, register_job_kind
+from engine.jobs.types import Device
 
 
 class TrainUnifiedParams(BaseModel, extra="forbid"):
@@ -17,9 +19,11 @@ class TrainUnifiedParams(BaseModel, extra="forbid"):
     out: str = Field(description="run folder (model.onnx + model.json, and the state to resume from)")
     resume: str | None = Field(default=None, description="run folder of the previous step (incremental step: "
                                                          "the earlier products' images are not read)")
-    image_size: int = Field(default=256, ge=64, le=1024, multiple_of=64)
-    epochs: int = Field(default=50, ge=1, le=10_000)
-    lr: float = Field(default=1e-4, gt=0, le=1.0)
+    image_size: Annotated[int, Field(ge=64, le=1024, multiple_of=64)] | None = Field(
+        default=None, description="square side the images are resized to, a multiple of 64 (default: 256 for a "
+                                  "new model, the saved size on resume; a resume refuses a different size)")
+    epochs: int = Field(default=50, ge=1, le=10_000, description="passes over each product's images")
+    lr: float = Field(default=1e-4, gt=0, le=1.0, description="learning rate")
     anchor_weight: float = Field(default=1.0, ge=0.0, description="pull towards the previous step (0: naive)")
     compression_weight: float = Field(default=1.0, ge=0.0, description="semantic compression (share of the nuclear "
                                                                       "norm in the small singular values)")
@@ -37,5 +41,6 @@ register_job_kind(
         needs_torch=True,
         outputs={"out": "model"},
         path_params=("data", "resume"),
+        model_output="model",
     )
 )

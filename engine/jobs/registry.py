@@ -29,6 +29,17 @@ class JobKind:
     outputs: dict[str, str] = field(default_factory=dict)
     # Parameters naming files or folders the job reads: the engine keeps them inside its allowed data roots.
     path_params: tuple[str, ...] = ()
+    # The output (one of `outputs`' artifact names) that holds a scoring model, or None: what the Models panel
+    # lists, so a new model kind declares it here instead of being added to a tuple in the GUI.
+    model_output: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.model_output is not None and self.model_output not in self.outputs.values():
+            raise ValueError(f"job kind '{self.name}': model_output '{self.model_output}' is not one of its "
+                             f"outputs ({', '.join(self.outputs.values()) or 'none'})")
+        unknown = [p for p in (*self.outputs, *self.path_params) if p not in self.params.model_fields]
+        if unknown:
+            raise ValueError(f"job kind '{self.name}': {', '.join(unknown)} not fields of {self.params.__name__}")
 
     def resolve(self) -> Callable[[BaseModel, Progress], dict]:
         module, func = self.entry.split(":")
@@ -53,8 +64,7 @@ def register_job_kind(kind: JobKind) -> JobKind:
 
 
 def job_kinds() -> dict[str, JobKind]:
-    import engine.jobs.kinds  # noqa: F401  (registers the built-in kinds)
-
+    """Every registered kind (the package's __init__ has registered the built-in ones: engine.jobs.catalog)."""
     return dict(_KINDS)
 
 
@@ -65,13 +75,21 @@ def get_job_kind(name: str) -> JobKind:
     return kinds[name]
 
 
+def param_problems(model: type[BaseModel], params: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, message) for each value the params model refuses; field is dotted for nested values ("scales.1"),
+    "params" for the whole. The CLI and the dialogs map the field to their option or widget."""
+    try:
+        model.model_validate(params)
+    except ValidationError as exc:
+        return [(".".join(str(p) for p in err["loc"]) or "params", err["msg"]) for err in exc.errors()]
+    return []
+
+
 def validate_params(kind: JobKind, params: dict[str, Any]) -> BaseModel:
     try:
         return kind.params.model_validate(params)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'params'}: {err['msg']}" for err in exc.errors()
-        )
+    except ValidationError:
+        problems = "; ".join(f"{field}: {message}" for field, message in param_problems(kind.params, params))
         raise DefectScopeError(f"invalid parameters for job '{kind.name}': {problems}") from None
 
 

@@ -13,4 +13,6 @@ def train_job(params: TrainUnifiedParams, progress: Progress) -> dict:
                       compression_weight=params.compression_weight, project=params.project, seed=params.seed,
                       device=params.device)
     return train_unified(params.data, params.categories, params.out, params.resume,
-                         UnifiedConfig(image_size=params.image_size), step, progress)
+                         # None: the config's default for a new model (H5 makes a resume use the saved size)
+                         UnifiedConfig() if params.image_size is None else UnifiedConfig(image_size=params.image_size),
+                         step, progress)

@@ -38,19 +38,11 @@ def _progress_printer(label: str) -> Callable[[float, str], None]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from app.param_options import check_params, params_from_args
     from engine.jobs import run_job
+    from engine.jobs.kinds import TrainAnomalyParams
 
-    params = {
-        "data": args.data,
-        "category": args.category,
-        "out": args.out,
-        "image_size": args.image_size,
-        "device": args.device,
-        "backbone": args.backbone,
-        "bank_size": args.bank_size,
-        "resize": args.resize,
-        "scales": [_int_or_error(v, "--scales") for v in args.scales.split(",")],
-    }
+    params = check_params(TrainAnomalyParams, params_from_args(args, TrainAnomalyParams))
     result = run_job("train_anomaly", params, _progress_printer("train"))
     meta = result["metadata"]
     tr = meta["training"]
@@ -64,7 +56,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_train_unified(args: argparse.Namespace) -> int:
     """Base step (--categories) or incremental step (--resume RUN --add ...) of the unified model."""
+    from app.param_options import check_params, params_from_args
     from engine.jobs import run_job
+    from engine.jobs.kinds_unified import TrainUnifiedParams
 
     if bool(args.resume) == bool(args.categories):
         print("error: give --categories for a base step, or --resume RUN_DIR with --add for a new step",
@@ -73,11 +67,11 @@ def cmd_train_unified(args: argparse.Namespace) -> int:
     if args.resume and not args.add:
         print("error: --resume needs --add with the new products", file=sys.stderr)
         return 2
-    names = [c.strip() for c in (args.add if args.resume else args.categories).split(",") if c.strip()]
-    params = {"data": args.data, "categories": names, "out": args.out, "resume": args.resume,
-              "image_size": args.image_size, "epochs": args.epochs, "device": args.device}
+    params = params_from_args(args, TrainUnifiedParams, exclude=("categories",))
+    params["categories"] = [c.strip() for c in (args.add if args.resume else args.categories).split(",") if c.strip()]
     if args.naive:
         params.update(anchor_weight=0.0, compression_weight=0.0, project=False)
+    check_params(TrainUnifiedParams, params)
     result = run_job("train_unified", params, _progress_printer("train"))
     print(f"unified model written to {result['run_dir']}: products {', '.join(result['products'])}")
     return 0
@@ -282,60 +276,39 @@ def _format_metrics(r: dict) -> str:
     )
 
 
-def _int_or_error(text: str, option: str) -> int:
-    from engine.errors import DefectScopeError
-
-    try:
-        return int(text)
-    except ValueError:
-        raise DefectScopeError(f"{option}: '{text}' is not a whole number") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
+    # pydantic only (no torch): the params models are the options' one source
+    from app.param_options import add_param_options
+    from engine.jobs.kinds import EvalParams, TrainAnomalyParams
+    from engine.jobs.kinds_unified import TrainUnifiedParams
+
     p = argparse.ArgumentParser(prog="defectscope", description="DefectScope: industrial visual inspection workbench")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model")
     train_sub = train.add_subparsers(dest="method", required=True)
+    # Options of job-backed commands come from the jobs' params models: defaults and choices are written there once.
     ta = train_sub.add_parser("anomaly", help="memory-bank anomaly model from good images")
-    ta.add_argument("--data", required=True, help="dataset root (MVTec layout, plain folder, ...)")
-    ta.add_argument("--category", default=None)
-    ta.add_argument("--out", required=True, help="run directory for model.onnx + model.json")
-    ta.add_argument("--image-size", type=int, default=256, help="longer image side fed to the model")
-    ta.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ta.add_argument("--backbone", default="efficientnet-lite0",
-                    choices=["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
-    ta.add_argument("--bank-size", type=int, default=10000, help="hard cap on memory-bank rows per scale")
-    ta.add_argument("--scales", default="1", help="scale branches as downsampling factors, e.g. 1,2")
-    ta.add_argument("--resize", choices=["stretch", "area"], default="stretch",
-                    help="stretch to a square, or keep the aspect ratio at the same pixel count")
+    add_param_options(ta, TrainAnomalyParams)
     ta.set_defaults(func=cmd_train)
     tu = train_sub.add_parser("unified", help="one model for many products, extended product by product (IUF)")
-    tu.add_argument("--data", required=True, help="dataset root with one category folder per product")
-    tu.add_argument("--categories", default=None, help="base step: products to learn, e.g. A,B,C")
-    tu.add_argument("--resume", default=None, help="incremental step: the previous step's run directory")
+    add_param_options(tu, TrainUnifiedParams, optional=("categories",),
+                      help={"categories": "base step: products to learn, e.g. A,B,C",
+                            "resume": "incremental step: the previous step's run directory"})
     tu.add_argument("--add", default=None, help="incremental step: the new products, e.g. D,E")
-    tu.add_argument("--out", required=True, help="run directory (model.onnx + model.json + state)")
-    tu.add_argument("--image-size", type=int, default=256)
-    tu.add_argument("--epochs", type=int, default=50)
-    tu.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     tu.add_argument("--naive", action="store_true", help="plain fine-tuning (no anchoring, projection or "
                                                          "compression): the lower bound for comparisons")
     tu.set_defaults(func=cmd_train_unified)
 
     ev = sub.add_parser("eval", help="evaluate a model on a dataset's test split")
-    ev.add_argument("--model", required=True)
-    ev.add_argument("--data", required=True)
-    ev.add_argument("--category", default=None)
-    ev.add_argument("--report", default=None, help="write the JSON report here")
-    ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    add_param_options(ev, EvalParams)
     ev.set_defaults(func=cmd_eval)
 
     inf = sub.add_parser("infer", help="score images; write heatmaps and scores.json")
     inf.add_argument("--model", required=True)
     inf.add_argument("--out", required=True)
-    inf.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    add_param_options(inf, EvalParams, only=("device",))
     inf.add_argument("inputs", nargs="+", help="images or folders")
     inf.set_defaults(func=cmd_infer)
 
@@ -394,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="generate the demo dataset, train, evaluate and write heatmaps")
     demo.add_argument("--category", default="washer")
     demo.add_argument("--home", default=None, help="data folder (default: $DEFECTSCOPE_HOME or the user data dir)")
-    demo.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    add_param_options(demo, TrainAnomalyParams, only=("device",))
     demo.set_defaults(func=cmd_demo)
 
     gui = sub.add_parser("gui", help="open the workbench")

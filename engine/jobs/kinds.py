@@ -26,7 +26,8 @@ class TrainAnomalyParams(BaseModel, extra="forbid"):
     image_size: int = Field(default=256, ge=64, le=2048, multiple_of=ANOMALY_SIZE_STEP,
                             description="longer image side fed to the model, a multiple of 64")
     device: Device = "auto"
-    backbone: Literal["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"] = "efficientnet-lite0"
+    backbone: Literal["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"] = Field(
+        default="efficientnet-lite0", description="pretrained feature extractor (larger: slower, finer features)")
     bank_size: int = Field(default=10000, ge=16, le=1_000_000, title="Memory bank size",
                            description="hard cap on memory-bank rows per scale: larger is slower and more precise")
     scales: list[Literal[1, 2, 4]] = Field(default=[1], min_length=1, max_length=3,

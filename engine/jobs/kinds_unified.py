@@ -23,12 +23,12 @@ class TrainUnifiedParams(BaseModel, extra="forbid"):
         default=None, description="square side the images are resized to, a multiple of 64 (default: 256 for a "
                                   "new model, the saved size on resume; a resume refuses a different size)")
     epochs: int = Field(default=50, ge=1, le=10_000, description="passes over each product's images")
-    lr: float = Field(default=1e-4, gt=0, le=1.0, description="learning rate")
+    lr: float = Field(default=1e-4, gt=0, le=1.0, title="Learning rate", description="step size of the optimizer")
     anchor_weight: float = Field(default=1.0, ge=0.0, description="pull towards the previous step (0: naive)")
     compression_weight: float = Field(default=1.0, ge=0.0, description="semantic compression (share of the nuclear "
                                                                       "norm in the small singular values)")
     project: bool = Field(default=True, description="project gradients away from old products' activations")
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, description="random seed (same seed, same model)")
     device: Device = "auto"
 
 

@@ -3,9 +3,12 @@ choices for every kind)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-Device = Literal["auto", "cpu", "cuda"]
+from pydantic import Field
+
+Device = Annotated[Literal["auto", "cpu", "cuda"],
+                   Field(description="where the job runs (auto: CUDA when available, else the CPU)")]
 Split = Literal["train", "validation", "test", "unspecified"]
 
 __all__ = ["Device", "Split"]

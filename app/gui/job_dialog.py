@@ -1,8 +1,9 @@
 """Dialogs that build engine job parameters (train, eval) and the engine connection settings.
 
 Each dialog refuses to close with OK while something is wrong and says what, in red, next to the form, instead
-of letting the engine reject the job later. Parameters are also checked against the job kind's own pydantic
-model (engine.jobs.kinds), so the dialog and the engine can never disagree about what is valid.
+of letting the engine reject the job later. The job fields, with their defaults, ranges and choices, come from the
+job kind's own pydantic model (app/gui/param_form.py), and the parameters are checked by that model, so the dialog
+and the engine can never disagree about what is valid.
 
 Paths are checked on this computer only when the engine is local (`check_paths=True`): a remote engine reads
 datasets and models on its own disks, which this computer may not see.
@@ -26,50 +27,16 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPushButton,
     QRadioButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from app.gui.engine_link import EngineSettings
-from engine.errors import DefectScopeError
-from engine.jobs.registry import get_job_kind, validate_params
+from app.gui.param_form import ParamForm, PathField
 
 ERROR_STYLE = "color: rgb(200, 30, 30);"
 FIELD_ERROR_STYLE = "border: 1px solid rgb(200, 30, 30);"
-BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
-DEVICES = ("auto", "cpu", "cuda")
 ALL_CATEGORIES = "(all categories)"
-
-
-class _PathField(QWidget):
-    """A line edit with a Browse… button (folder or file)."""
-
-    def __init__(self, text: str = "", caption: str = "Choose a folder", file_filter: str | None = None,
-                 parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.edit = QLineEdit(text)
-        self.button = QPushButton("Browse…")
-        self._caption, self._filter = caption, file_filter
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.edit, 1)
-        layout.addWidget(self.button)
-        self.button.clicked.connect(self._browse)
-
-    def text(self) -> str:
-        return self.edit.text().strip()
-
-    def setText(self, text: str) -> None:  # Qt naming, like the widgets it sits among
-        self.edit.setText(text)
-
-    def _browse(self) -> None:
-        if self._filter is None:
-            chosen = QFileDialog.getExistingDirectory(self, self._caption, self.text())
-        else:
-            chosen, _ = QFileDialog.getOpenFileName(self, self._caption, self.text(), self._filter)
-        if chosen:
-            self.edit.setText(chosen)
 
 
 class _ValidatingDialog(QDialog):
@@ -117,14 +84,6 @@ class _ValidatingDialog(QDialog):
         if found[0][0] is not None:
             found[0][0].setFocus()
 
-    def _check_kind(self, kind: str, params: dict[str, Any]) -> list[tuple[QWidget | None, str]]:
-        job_kind = get_job_kind(kind)
-        try:
-            # Outputs are the engine's to set; a placeholder stands in for them here, as the engine does.
-            validate_params(job_kind, {**params, **{name: "placeholder" for name in job_kind.outputs}})
-        except DefectScopeError as exc:
-            return [(None, str(exc))]
-        return []
 
 
 def _combo(items: Sequence[str], current: str | None = None, editable: bool = False) -> QComboBox:
@@ -141,6 +100,14 @@ def _category_value(box: QComboBox) -> str | None:
     return None if text in ("", ALL_CATEGORIES) else text
 
 
+def _folder_problems(edit: QLineEdit, text: str, check_paths: bool) -> list[tuple[QWidget | None, str]]:
+    if not text:
+        return [(edit, "Choose the dataset folder.")]
+    if check_paths and not Path(text).expanduser().is_dir():
+        return [(edit, f"Dataset folder not found: {text}")]
+    return []
+
+
 class TrainDialog(_ValidatingDialog):
     """Parameters of a train_anomaly job (the engine sets where the model goes)."""
 
@@ -148,47 +115,28 @@ class TrainDialog(_ValidatingDialog):
                  parent: QWidget | None = None, *, check_paths: bool = True) -> None:
         super().__init__("Train an anomaly model", parent)
         self._check_paths = check_paths
-        self.data_field = _PathField(str(data or ""), "Dataset folder")
+        self.fields = ParamForm.for_job("train_anomaly", ["data", "image_size", "bank_size", "backbone", "device"],
+                                        paths={"data": "Dataset folder"})
+        self.data_field: PathField = self.fields.widget("data")
+        self.data_field.setText(str(data or ""))
         self.category_box = _combo([ALL_CATEGORIES, *categories], categories[0] if categories else None,
                                    editable=True)
-        self.image_size = QSpinBox()
-        self.image_size.setRange(64, 2048)
-        self.image_size.setSingleStep(32)
-        self.image_size.setValue(256)
-        self.image_size.setToolTip("Longer image side fed to the model")
-        self.bank_size = QSpinBox()
-        self.bank_size.setRange(16, 1_000_000)
-        self.bank_size.setSingleStep(1000)
-        self.bank_size.setValue(10_000)
-        self.bank_size.setToolTip("Hard cap on memory-bank rows per scale: larger is slower and more precise")
-        self.backbone_box = _combo(BACKBONES)
-        self.device_box = _combo(DEVICES)
+        self.fields.attach("category", self.category_box)
+        self.image_size = self.fields.widget("image_size")
+        self.bank_size = self.fields.widget("bank_size")
+        self.backbone_box = self.fields.widget("backbone")
+        self.device_box = self.fields.widget("device")
         self.form.addRow("Dataset", self.data_field)
         self.form.addRow("Category", self.category_box)
-        self.form.addRow("Image size", self.image_size)
-        self.form.addRow("Memory bank size", self.bank_size)
-        self.form.addRow("Backbone", self.backbone_box)
-        self.form.addRow("Device", self.device_box)
+        self.fields.add_rows(self.form, ["image_size", "bank_size", "backbone", "device"])
         self.resize(560, self.sizeHint().height())
 
     def params(self) -> dict[str, Any]:
-        return {
-            "data": self.data_field.text(),
-            "category": _category_value(self.category_box),
-            "image_size": self.image_size.value(),
-            "bank_size": self.bank_size.value(),
-            "backbone": self.backbone_box.currentText(),
-            "device": self.device_box.currentText(),
-        }
+        return {**self.fields.values(), "category": _category_value(self.category_box)}
 
     def problems(self) -> list[tuple[QWidget | None, str]]:
-        found: list[tuple[QWidget | None, str]] = []
-        data = self.data_field.text()
-        if not data:
-            found.append((self.data_field.edit, "Choose the dataset folder."))
-        elif self._check_paths and not Path(data).expanduser().is_dir():
-            found.append((self.data_field.edit, f"Dataset folder not found: {data}"))
-        return found or self._check_kind("train_anomaly", self.params())
+        found = _folder_problems(self.data_field.edit, self.data_field.text(), self._check_paths)
+        return found or self.fields.problems(self.params())
 
 
 class EvalDialog(_ValidatingDialog):
@@ -200,8 +148,10 @@ class EvalDialog(_ValidatingDialog):
         """model: the folder preselected; models: other known model folders offered in the combo."""
         super().__init__("Evaluate a model", parent)
         self._check_paths = check_paths
+        self.fields = ParamForm.for_job("eval", ["data", "device"], paths={"data": "Dataset folder"})
         choices = list(dict.fromkeys(str(m) for m in [*([model] if model else []), *models]))
         self.model_box = _combo(choices, str(model) if model else None, editable=True)
+        self.fields.attach("model", self.model_box)
         self.model_button = QPushButton("Browse…")
         self.model_button.clicked.connect(self._browse_model)
         model_row = QWidget()
@@ -209,14 +159,16 @@ class EvalDialog(_ValidatingDialog):
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.model_box, 1)
         row.addWidget(self.model_button)
-        self.data_field = _PathField(str(data or ""), "Dataset folder")
+        self.data_field: PathField = self.fields.widget("data")
+        self.data_field.setText(str(data or ""))
         self.category_box = _combo([ALL_CATEGORIES, *categories], categories[0] if categories else None,
                                    editable=True)
-        self.device_box = _combo(DEVICES)
+        self.fields.attach("category", self.category_box)
+        self.device_box = self.fields.widget("device")
         self.form.addRow("Model folder", model_row)
         self.form.addRow("Dataset", self.data_field)
         self.form.addRow("Category", self.category_box)
-        self.form.addRow("Device", self.device_box)
+        self.fields.add_rows(self.form, ["device"])
         self.resize(560, self.sizeHint().height())
 
     def _browse_model(self) -> None:
@@ -226,25 +178,18 @@ class EvalDialog(_ValidatingDialog):
             self.model_box.setCurrentText(chosen)
 
     def params(self) -> dict[str, Any]:
-        return {
-            "model": self.model_box.currentText().strip(),
-            "data": self.data_field.text(),
-            "category": _category_value(self.category_box),
-            "device": self.device_box.currentText(),
-        }
+        return {"model": self.model_box.currentText().strip(), **self.fields.values(),
+                "category": _category_value(self.category_box)}
 
     def problems(self) -> list[tuple[QWidget | None, str]]:
         found: list[tuple[QWidget | None, str]] = []
-        model, data = self.model_box.currentText().strip(), self.data_field.text()
+        model = self.model_box.currentText().strip()
         if not model:
             found.append((self.model_box, "Choose the model folder."))
         elif self._check_paths and not (Path(model).expanduser() / "model.onnx").is_file():
             found.append((self.model_box, f"No model.onnx in {model}"))
-        if not data:
-            found.append((self.data_field.edit, "Choose the dataset folder."))
-        elif self._check_paths and not Path(data).expanduser().is_dir():
-            found.append((self.data_field.edit, f"Dataset folder not found: {data}"))
-        return found or self._check_kind("eval", self.params())
+        found += _folder_problems(self.data_field.edit, self.data_field.text(), self._check_paths)
+        return found or self.fields.problems(self.params())
 
 
 class EngineSettingsDialog(_ValidatingDialog):
@@ -264,7 +209,7 @@ class EngineSettingsDialog(_ValidatingDialog):
         self.token_edit = QLineEdit(settings.token)
         self.token_edit.setEchoMode(QLineEdit.EchoMode.Password)
         self.token_edit.setPlaceholderText("the engine's bearer token (its --token-file)")
-        self.ca_field = _PathField(settings.tls_ca, "Certificate to trust", "Certificates (*.pem *.crt);;All files (*)")
+        self.ca_field = PathField(settings.tls_ca, "Certificate to trust", "Certificates (*.pem *.crt);;All files (*)")
         self.ca_field.edit.setPlaceholderText("optional: the engine's cert.pem for a self-signed https engine")
         self.form.addRow(self.local_radio)
         self.form.addRow(self.remote_radio)

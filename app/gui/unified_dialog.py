@@ -8,15 +8,16 @@ model (its job's `out`) is what the job resumes from, so this works with a remot
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLineEdit, QListWidget, QListWidgetItem, QSpinBox, QWidget
+from PySide6.QtWidgets import QLineEdit, QListWidget, QListWidgetItem, QWidget
 
-from app.gui.job_dialog import DEVICES, _combo, _PathField, _ValidatingDialog
+from app.gui.job_dialog import _combo, _ValidatingDialog
+from app.gui.param_form import ParamForm, PathField
 
 NEW_MODEL = "(new unified model)"
 
@@ -31,18 +32,23 @@ class UnifiedRun:
     image_size: int | None = None
 
 
-def unified_runs(jobs: Sequence[dict]) -> list[UnifiedRun]:
+def _field(job: Any, name: str) -> Any:
+    """A job as the engine link lists it: a JobView (engine.client), or its dict form."""
+    return job.get(name) if isinstance(job, Mapping) else getattr(job, name, None)
+
+
+def unified_runs(jobs: Sequence[Any]) -> list[UnifiedRun]:
     """Succeeded train_unified jobs, newest first."""
     runs = []
-    for job in sorted(jobs, key=lambda j: float(j.get("created") or 0.0), reverse=True):
-        if job.get("kind") != "train_unified" or job.get("state") != "succeeded":
+    for job in sorted(jobs, key=lambda j: float(_field(j, "created") or 0.0), reverse=True):
+        if _field(job, "kind") != "train_unified" or _field(job, "state") != "succeeded":
             continue
-        params, result = job.get("params") or {}, job.get("result") or {}
+        params, result = _field(job, "params") or {}, _field(job, "result") or {}
         products = tuple(result.get("products") or params.get("categories") or ())
         if not params.get("out"):
             continue
-        runs.append(UnifiedRun(f"{', '.join(products)}  (job {str(job.get('id', ''))[:8]})", str(params["out"]),
-                               products, params.get("image_size")))
+        runs.append(UnifiedRun(f"{', '.join(products)}  (job {str(_field(job, 'id') or '')[:8]})",
+                               str(params["out"]), products, params.get("image_size")))
     return runs
 
 
@@ -58,28 +64,24 @@ class UnifiedDialog(_ValidatingDialog):
         self.model_box = _combo([NEW_MODEL, *(r.label for r in self._runs)])
         self.model_box.setToolTip("Add products to a unified model trained before: its products' images are not "
                                   "needed again, and it keeps detecting their defects")
-        self.data_field = _PathField(str(data or ""), "Dataset folder (one category folder per product)")
+        self.fields = ParamForm.for_job("train_unified", ["data", "epochs", "image_size", "device"],
+                                        paths={"data": "Dataset folder (one category folder per product)"})
+        self.data_field: PathField = self.fields.widget("data")
+        self.data_field.setText(str(data or ""))
         self.products = QListWidget()
         self.products.setToolTip("Products (categories) to learn in this step")
         self.more_edit = QLineEdit()
         self.more_edit.setPlaceholderText("other categories, comma-separated (e.g. on a remote engine's dataset)")
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 10_000)
-        self.epochs.setValue(50)
-        self.image_size = QSpinBox()
-        self.image_size.setRange(64, 1024)
-        self.image_size.setSingleStep(64)
-        self.image_size.setValue(256)
-        self.image_size.setToolTip("Images are resized to this square (a multiple of 64); an added step keeps "
-                                   "the model's own size")
-        self.device_box = _combo(DEVICES)
+        self.fields.attach("categories", self.products)
+        self.fields.attach("resume", self.model_box)
+        self.epochs = self.fields.widget("epochs")
+        self.image_size = self.fields.widget("image_size")
+        self.device_box = self.fields.widget("device")
         self.form.addRow("Model", self.model_box)
         self.form.addRow("Dataset", self.data_field)
         self.form.addRow("Products", self.products)
         self.form.addRow("", self.more_edit)
-        self.form.addRow("Epochs", self.epochs)
-        self.form.addRow("Image size", self.image_size)
-        self.form.addRow("Device", self.device_box)
+        self.fields.add_rows(self.form, ["epochs", "image_size", "device"])
         self._categories = list(categories)
         self.model_box.currentIndexChanged.connect(self._model_changed)
         if add_to is not None and add_to in self._runs:
@@ -108,8 +110,8 @@ class UnifiedDialog(_ValidatingDialog):
                 item.setCheckState(Qt.CheckState.Checked if name in checked else Qt.CheckState.Unchecked)
             self.products.addItem(item)
         self.image_size.setEnabled(run is None)
-        if run is not None and run.image_size:
-            self.image_size.setValue(int(run.image_size))
+        if run is not None:  # a step keeps the model's size: shown when known, else "default" (the saved one)
+            self.fields.set_value("image_size", run.image_size)
 
     def set_products(self, names: Sequence[str]) -> None:
         """Ticks exactly these products (those not already learned)."""
@@ -128,14 +130,11 @@ class UnifiedDialog(_ValidatingDialog):
 
     def params(self) -> dict[str, Any]:
         run = self.run()
-        params: dict[str, Any] = {"data": self.data_field.text(), "categories": self.chosen_products(),
-                                  "epochs": self.epochs.value(), "device": self.device_box.currentText()}
-        if run is None:
-            params["image_size"] = self.image_size.value()
-        else:
+        params: dict[str, Any] = {**self.fields.values(), "categories": self.chosen_products()}
+        if run is not None:
             params["resume"] = run.engine_path
-            if run.image_size:
-                params["image_size"] = int(run.image_size)
+        if params["image_size"] is None:  # the job's own rule: 256 for a new model, the saved size on resume
+            del params["image_size"]
         return params
 
     def problems(self) -> list[tuple[QWidget | None, str]]:
@@ -154,7 +153,5 @@ class UnifiedDialog(_ValidatingDialog):
             missing = [c for c in chosen if not (Path(data).expanduser() / c).is_dir()]
             if missing:
                 found.append((self.more_edit, f"No category folder in {data}: {', '.join(missing)}."))
-        if self.image_size.value() % 64:
-            found.append((self.image_size, "The image size must be a multiple of 64."))
-        return found or self._check_kind("train_unified", self.params())
+        return found or self.fields.problems(self.params())
 

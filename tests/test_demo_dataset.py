@@ -17,13 +17,13 @@ from engine.datasets.demo import (
     DEMO_VERSION,
     MAX_DEFECT_AREA,
     MIN_DEFECT_AREA,
-    default_data_home,
     ensure_demo_dataset,
     generate_demo_dataset,
     render_sample,
 )
 from engine.datasets.imageio import read_image, read_mask
 from engine.errors import DatasetError
+from engine.home import default_data_home
 
 SMALL = {"n_train": 2, "n_test_good": 1, "n_test_defect_per_type": 1, "image_size": 96, "seed": 0}
 

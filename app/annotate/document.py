@@ -22,11 +22,11 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from engine.datasets.demo import default_data_home
 from engine.datasets.imageio import image_size
 from engine.datasets.keys import sample_key
 from engine.datasets.types import DEFECTIVE, GOOD, Box, Dataset, Polygon
 from engine.errors import DefectScopeError
+from engine.home import default_data_home
 
 ShapeKind = Literal["box", "polygon", "mask"]
 FILE_VERSION = 1

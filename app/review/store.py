@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from engine.datasets.demo import default_data_home
+from engine.home import default_data_home
 
 VERDICTS = ("ok", "ng", "unsure")
 CSV_COLUMNS = ("key", "verdict", "note", "reviewer", "decided_at", "score", "threshold")

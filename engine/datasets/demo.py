@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 import uuid
 import zlib
@@ -37,6 +36,7 @@ import cv2
 import numpy as np
 
 from engine.errors import DatasetError
+from engine.home import default_data_home
 
 # Bump whenever the rendered pixels, the layout or the manifest change: existing copies are then regenerated.
 DEMO_VERSION: int = 2
@@ -805,22 +805,6 @@ def render_sample(
 
 # --------------------------------------------------------------------------------------------------------------
 # Writing the dataset
-
-
-def default_data_home() -> Path:
-    """$DEFECTSCOPE_HOME, else the platform's per-user data folder for DefectScope."""
-    env = os.environ.get("DEFECTSCOPE_HOME")
-    if env:
-        return Path(env).expanduser()
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA")
-        return (Path(base) if base else Path.home() / "AppData" / "Local") / "DefectScope"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "DefectScope"
-    xdg = os.environ.get("XDG_DATA_HOME")
-    # The XDG spec says relative paths are invalid and must be ignored.
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "share"
-    return base / "defectscope"
 
 
 def _manifest(

@@ -268,7 +268,7 @@ def generate_demo3d(root: str | Path, categories: tuple[str, ...] | None = None,
 
 def ensure_demo3d_dataset(root: str | Path | None = None) -> Path:
     """The 3D demo set at `root` (default: <data home>/demo3d), generated when missing or out of date."""
-    from engine.datasets.demo import default_data_home
+    from engine.home import default_data_home
 
     target = Path(root) if root is not None else default_data_home() / "demo3d"
     try:

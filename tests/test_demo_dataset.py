@@ -263,3 +263,25 @@ def test_default_data_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.setattr(sys, "platform", "win32")
     monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "local"))
     assert default_data_home() == tmp_path / "local" / "DefectScope"
+
+
+SMALL_3D = {"size": 64, "n_train": 1, "n_validation": 1, "n_test_good": 1, "n_test_defect": 1}
+
+
+def test_demo3d_refuses_to_overwrite_foreign_folder(tmp_path: Path) -> None:
+    """demo3d used to rename a user's folder aside and delete it; it now has the same guard as the 2D demo."""
+    from engine.datasets.demo3d import MANIFEST_NAME, generate_demo3d
+
+    mine = tmp_path / "my_scans"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("keep me")
+    with pytest.raises(DatasetError, match="my_scans"):
+        generate_demo3d(mine, categories=("tile",), **SMALL_3D)
+    assert (mine / "precious.txt").read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["my_scans"]  # no staging folder left behind
+
+    # An earlier 3D demo (its manifest is there) is replaced, and nothing is left beside it.
+    root = generate_demo3d(tmp_path / "d3", categories=("tile",), **SMALL_3D)
+    generate_demo3d(root, categories=("dome",), **SMALL_3D)
+    assert (root / MANIFEST_NAME).is_file() and (root / "dome").is_dir() and not (root / "tile").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d3", "my_scans"]

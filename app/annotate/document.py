@@ -11,8 +11,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from engine.datasets.imageio import image_size
 from engine.datasets.keys import sample_key
 from engine.datasets.types import DEFECTIVE, GOOD, Box, Dataset, Polygon
 from engine.errors import DefectScopeError
+from engine.fsutil import atomic_write_text
 from engine.home import default_data_home
 
 ShapeKind = Literal["box", "polygon", "mask"]
@@ -137,17 +136,7 @@ class AnnotationStore:
         return ImageAnnotations.from_json(data, path)
 
     def save(self, ann: ImageAnnotations) -> None:
-        path = self.path(ann.key)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".ann-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(ann.to_json(), fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(self.path(ann.key), json.dumps(ann.to_json()))
 
     def annotated_keys(self) -> list[str]:
         keys = []

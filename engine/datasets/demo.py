@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
-import uuid
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +34,7 @@ import cv2
 import numpy as np
 
 from engine.errors import DatasetError
+from engine.fsutil import atomic_swap_dir, check_replaceable, staging_dir, sweep_stale_staging
 from engine.home import default_data_home
 
 # Bump whenever the rendered pixels, the layout or the manifest change: existing copies are then regenerated.
@@ -57,9 +56,6 @@ DEFAULT_CONFIG: dict[str, Any] = {
 # Defect masks outside these area fractions are re-drawn: tiny ones are invisible, huge ones trivial.
 MIN_DEFECT_AREA = 0.001
 MAX_DEFECT_AREA = 0.06
-
-# Leftover temp folders of a killed run are swept after this long (a younger one may be a live run).
-_STALE_TEMP_S = 3600.0
 
 Image = np.ndarray  # float32 H x W x C in [0, 1], C = 1 or 3
 
@@ -931,34 +927,6 @@ def _is_current(root: Path, manifest: dict) -> bool:
     return all((root / name / "train" / "good").is_dir() for name in manifest["categories"])
 
 
-def _temp_prefix(root: Path) -> str:
-    return f".{root.name}.partial-"
-
-
-def _sweep_stale_temps(root: Path) -> None:
-    if not root.parent.is_dir():
-        return
-    now = time.time()
-    for p in root.parent.glob(_temp_prefix(root) + "*"):
-        try:
-            if p.is_dir() and now - p.stat().st_mtime > _STALE_TEMP_S:
-                shutil.rmtree(p, ignore_errors=True)
-        except OSError:
-            pass
-
-
-def _check_replaceable(root: Path, owned: bool) -> None:
-    """Refuse to overwrite a folder that is not an earlier demo: root may be a user's own data."""
-    if not root.exists() or owned:
-        return
-    if not root.is_dir():
-        raise DatasetError(f"{root}: exists and is not a folder; cannot write the demo dataset there")
-    if _read_manifest(root) is None and any(root.iterdir()):
-        raise DatasetError(
-            f"{root}: folder is not empty and not a DefectScope demo; refusing to overwrite it"
-        )
-
-
 def generate_demo_dataset(
     root: Path,
     *,
@@ -1005,39 +973,24 @@ def _generate(
     if seed < 0:
         raise DatasetError(f"demo seed must be non-negative, got {seed}")
     root = root.expanduser().absolute()
-    _check_replaceable(root, owned)
+    # Checked before rendering (minutes for the full set) and again at the swap: root may be a user's own data.
+    marker = None if owned else MANIFEST_NAME
+    check_replaceable(root, marker)
     manifest = _manifest(names, n_train, n_test_good, n_defect, image_size, int(seed))
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f"{_temp_prefix(root)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = staging_dir(root)
     try:
         _write_all(tmp, manifest)
-        _swap_into_place(tmp, root, manifest)
+        try:
+            atomic_swap_dir(tmp, root, marker)
+        except OSError:
+            # Another process may have put a finished demo there meanwhile; that one is as good as ours.
+            if not _is_current(root, manifest):
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
-
-
-def _swap_into_place(tmp: Path, root: Path, manifest: dict) -> None:
-    old: Path | None = None
-    if root.exists():
-        old = root.parent / f".{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.replace(root, old)
-    try:
-        os.replace(tmp, root)
-    except OSError:
-        # Another process may have put a finished demo there meanwhile; that one is as good as ours.
-        if _is_current(root, manifest):
-            return
-        if old is not None and not root.exists():
-            os.replace(old, root)
-            old = None
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def ensure_demo_dataset(root: Path | None = None) -> Path:
@@ -1056,7 +1009,7 @@ def ensure_demo_dataset(root: Path | None = None) -> Path:
     )
     if _is_current(target, manifest):
         return target
-    _sweep_stale_temps(target)
+    sweep_stale_staging(target)
     return _generate(
         target,
         None,

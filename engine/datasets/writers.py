@@ -35,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -50,6 +49,7 @@ from PIL import Image
 from engine.datasets.imageio import read_mask
 from engine.datasets.types import DEFECTIVE, GOOD, Box, Dataset, LoadIssue, Polygon, Sample
 from engine.errors import DatasetError, ImageReadError
+from engine.fsutil import atomic_swap_dir, staging_dir
 
 # Edges of a box and of a polygon's bounding box closer than this are "the same box" (readers derive
 # boxes as min/max of the points, traced masks as max + 1, YOLO rounds to 6 decimals).
@@ -133,11 +133,12 @@ def export_dataset(
     _check_target(dataset, out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed at the end: same filesystem, so the rename is atomic.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    tmp = staging_dir(out)
     report = ExportReport(out=out, format=format)
     try:
         writer.write(ExportJob(dataset, tmp, out, copy_images, report))
-        _replace(tmp, out)
+        # _check_target has decided whether `out` may be replaced (overwrite=True), so no marker guard here.
+        atomic_swap_dir(tmp, out, marker=None)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -162,21 +163,6 @@ def _check_target(dataset: Dataset, out: Path, overwrite: bool) -> None:
 
 def _is_within(path: Path, folder: Path) -> bool:
     return path != folder and folder in path.parents
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        old.rmdir()
-        out.rename(old)
-        try:
-            tmp.rename(out)
-        except OSError:
-            old.rename(out)  # put the previous content back rather than lose both
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
 
 
 # --------------------------------------------------------------------------------------------------

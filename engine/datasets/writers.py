@@ -5,11 +5,11 @@ package reads back (`load_dataset(out, format=name)`), so every export is a roun
 
 Geometry conversion (only where the target format needs what a sample lacks):
 
-* mask -> polygons: `cv2.findContours(RETR_EXTERNAL, CHAIN_APPROX_SIMPLE)`. Vertices are the centres of
-  the mask's boundary pixels, so `cv2.fillPoly` reproduces the outer outline exactly; holes inside a
-  defect are filled, because `Polygon` (and labelme / YOLO) have no notion of holes. Contours of one or
-  two pixels are padded to three vertices so every format accepts them (fillPoly still draws the pixel).
-* polygons -> mask (MVTec): `cv2.fillPoly` with vertices rounded to whole pixels.
+* mask <-> polygons: engine.geometry.polygons, the one owner of that geometry (the annotation document,
+  the segmenter and its training use the same rule). Masks are traced exactly (vertices on the centres of
+  boundary pixels); a hole inside a defect is joined to its outline by a zero-width cut, because `Polygon`
+  (and labelme / YOLO / COCO polygons) have no notion of holes; one- or two-pixel regions are walked there
+  and back so every format gets at least three vertices. Rasterising gives back the same pixels.
 * boxes -> mask (MVTec): filled rectangles, only for samples with neither a mask nor polygons; the
   report counts them, since a box mask is coarser than the defect.
 * polygons -> boxes (VOC, COCO bbox): the polygon's bounding box (for traced masks the pixel-exact,
@@ -50,6 +50,7 @@ from engine.datasets.imageio import read_mask
 from engine.datasets.types import DEFECTIVE, GOOD, Box, Dataset, LoadIssue, Polygon, Sample
 from engine.errors import DatasetError, ImageReadError
 from engine.fsutil import atomic_swap_dir, staging_dir
+from engine.geometry import polygons as geometry
 
 # Edges of a box and of a polygon's bounding box closer than this are "the same box" (readers derive
 # boxes as min/max of the points, traced masks as max + 1, YOLO rounds to 6 decimals).
@@ -342,26 +343,15 @@ def _same_box(a: Box, b: Box) -> bool:
 
 
 def mask_to_polygons(mask: np.ndarray, class_name: str = "defect") -> list[Polygon]:
-    """Outer outlines of a binary mask (holes filled); vertices at boundary pixel centres."""
-    m = np.ascontiguousarray(mask, dtype=np.uint8)
-    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    out: list[Polygon] = []
-    for c in contours:
-        pts = [(float(x), float(y)) for x, y in c.reshape(-1, 2)]
-        while len(pts) < 3:  # 1-2 pixel defects: every format wants >= 3 vertices
-            pts.append(pts[-1])
-        out.append(Polygon(tuple(pts), class_name))
-    return out
+    """The exact outlines of a binary mask as dataset Polygons (engine.geometry.polygons at fineness 0)."""
+    return [Polygon(tuple((float(x), float(y)) for x, y in ring), class_name)
+            for ring in geometry.mask_to_polygons(mask, fineness=0.0, min_area=0.0)]
 
 
 def polygons_to_mask(polygons: Iterable[Polygon], size: tuple[int, int]) -> np.ndarray:
-    """Binary H x W bool mask of the polygons (cv2.fillPoly, vertices rounded to pixels)."""
+    """Binary H x W bool mask of dataset Polygons (`size` is (w, h)), by the one rasterisation rule."""
     w, h = size
-    mask = np.zeros((h, w), np.uint8)
-    pts = [np.round(np.asarray(p.points, dtype=np.float64)).astype(np.int32) for p in polygons]
-    if pts:
-        cv2.fillPoly(mask, pts, 1)
-    return mask.astype(bool)
+    return geometry.polygons_to_mask([p.points for p in polygons], (h, w))
 
 
 def boxes_to_mask(boxes: Iterable[Box], size: tuple[int, int]) -> np.ndarray:

@@ -57,7 +57,7 @@ def test_swap_replaces_only_folders_carrying_the_marker(tmp_path: Path) -> None:
     mine.mkdir()
     (mine / "precious.txt").write_text("keep me")
     stage = staging_dir(mine)
-    with pytest.raises(FolderNotOwnedError, match="mine.*no MARK"):
+    with pytest.raises(FolderNotOwnedError, match=r"mine.*no MARK"):
         atomic_swap_dir(stage, mine, "MARK")
     assert (mine / "precious.txt").read_text() == "keep me" and stage.is_dir()
     assert issubclass(FolderNotOwnedError, DatasetError)

@@ -12,15 +12,9 @@ import numpy as np
 import pytest
 
 from engine.datasets import DEFECTIVE, GOOD, demo, load_dataset
-from engine.datasets.demo import (
-    CATEGORIES,
-    DEMO_VERSION,
-    MAX_DEFECT_AREA,
-    MIN_DEFECT_AREA,
-    ensure_demo_dataset,
-    generate_demo_dataset,
-    render_sample,
-)
+from engine.datasets.demo import DEMO_VERSION, ensure_demo_dataset, generate_demo_dataset
+from engine.datasets.demo_parts import CATEGORIES, DEFECTS
+from engine.datasets.demo_render import MAX_DEFECT_AREA, MIN_DEFECT_AREA, render_sample
 from engine.datasets.imageio import read_image, read_mask
 from engine.errors import DatasetError
 from engine.home import default_data_home
@@ -58,7 +52,7 @@ def test_registry_has_textures_and_objects() -> None:
     assert {spec.channels for spec in CATEGORIES.values()} == {1, 3}
     for spec in CATEGORIES.values():
         assert 2 <= len(spec.defects) <= 4
-        assert set(spec.defects) <= set(demo.DEFECTS)
+        assert set(spec.defects) <= set(DEFECTS)
 
 
 def test_layout_counts_and_sizes(small_demo: Path) -> None:

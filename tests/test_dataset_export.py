@@ -13,15 +13,9 @@ import numpy as np
 import pytest
 
 from engine.datasets import DEFECTIVE, GOOD, UNKNOWN, Box, Dataset, Polygon, Sample, load_dataset
+from engine.datasets.export_job import ExportReport, mask_to_polygons, polygons_to_mask, sample_mask
 from engine.datasets.imageio import image_size
-from engine.datasets.writers import (
-    ExportReport,
-    export_dataset,
-    mask_to_polygons,
-    polygons_to_mask,
-    sample_mask,
-    writer_formats,
-)
+from engine.datasets.writers import export_dataset, writer_formats
 from engine.errors import DatasetError
 
 ALL_FORMATS = ["coco", "yolo", "voc", "labelme", "mvtec"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from app.annotate.document import Shape
-from engine.datasets import writers
+from engine.datasets import export_job
 from engine.datasets.types import DEFECTIVE, Polygon, Sample
 from engine.geometry.polygons import mask_to_polygons, polygons_to_mask
 from engine.runtime import segmenter
@@ -38,7 +38,7 @@ def _consumers(points: list[tuple[float, float]]) -> dict[str, np.ndarray]:
     image = MaskedImage(Path("x.png"), None, Path("."), None, "crack", polygons=(tuple(points),))
     return {
         "annotation": Shape("polygon", "crack", [list(p) for p in points]).mask((H, W)),
-        "export": writers.sample_mask(sample, (W, H)),
+        "export": export_job.sample_mask(sample, (W, H)),
         "segmenter": segmenter.polygons_to_mask([points], (H, W)),
         "training": image.read_mask((H, W)),
     }
@@ -72,10 +72,10 @@ def test_exact_tracing_round_trips_in_export_and_annotation() -> None:
     for _ in range(25):
         mask = _random_mask(rng)
         assert np.array_equal(polygons_to_mask(mask_to_polygons(mask, fineness=0, min_area=0), (H, W)), mask)
-        exported = writers.mask_to_polygons(mask, "crack")
+        exported = export_job.mask_to_polygons(mask, "crack")
         assert all(len(p.points) >= 3 for p in exported)  # every format wants three vertices
-        assert np.array_equal(writers.polygons_to_mask(exported, (W, H)), mask)
+        assert np.array_equal(export_job.polygons_to_mask(exported, (W, H)), mask)
         ann = ImageAnnotations("k", W, H, [Shape("mask", "crack", rle=encode_mask(mask))])
         _, traced, union = ann.geometry()
-        assert np.array_equal(writers.polygons_to_mask(traced, (W, H)), mask)
+        assert np.array_equal(export_job.polygons_to_mask(traced, (W, H)), mask)
         assert union is not None and np.array_equal(union, mask)

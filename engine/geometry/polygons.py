@@ -1,6 +1,6 @@
 """Mask <-> polygon geometry: the one rasterisation rule and the one tracer, used by every consumer.
 
-Annotation (app/annotate/document.py), dataset export (engine/datasets/writers.py), the promptable segmenter's
+Annotation (app/annotate/document.py), dataset export (engine/datasets/export_job.py), the promptable segmenter's
 proposals (engine/runtime/segmenter.py) and segmenter training (trainers/promptseg/data.py) all convert here, so
 a polygon covers the same pixels wherever it is drawn, exported, proposed or trained on.
 

@@ -279,3 +279,22 @@ def test_demo3d_refuses_to_overwrite_foreign_folder(tmp_path: Path) -> None:
     generate_demo3d(root, categories=("dome",), **SMALL_3D)
     assert (root / MANIFEST_NAME).is_file() and (root / "dome").is_dir() and not (root / "tile").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d3", "my_scans"]
+
+
+# sha256 of every category's good and defect renders (96 px, seed 5, index 2), as generated before the demo
+# generator was split into demo_parts / demo_defects / demo_surfaces / demo_render. Benchmarks and tests rely
+# on the demo's pixels: a change here must come with a DEMO_VERSION bump and this digest updated on purpose.
+GOLDEN_RENDER_DIGEST = "620678d4ac4ad254f4fb10fc6a3929e04f62c87dbaee5175685f9315feaf4ac7"
+
+
+def test_rendered_pixels_are_unchanged() -> None:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, spec in CATEGORIES.items():
+        for defect in [None, *spec.defects]:
+            smp = render_sample(name, split="test", defect=defect, index=2, image_size=96, seed=5)
+            digest.update(smp.image.tobytes())
+            digest.update(smp.mask.tobytes())
+    assert DEMO_VERSION == 2
+    assert digest.hexdigest() == GOLDEN_RENDER_DIGEST

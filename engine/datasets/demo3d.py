@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from engine.datasets.pointcloud import write_xyz
-from engine.fsutil import atomic_swap_dir, check_replaceable, staging_dir
+from engine.fsutil import atomic_swap_dir, check_replaceable, staging_dir, sweep_stale_staging
 from engine.home import default_data_home
 
 DEMO3D_VERSION = 2
@@ -271,4 +271,5 @@ def ensure_demo3d_dataset(root: str | Path | None = None) -> Path:
             return target
     except (OSError, ValueError):
         pass
+    sweep_stale_staging(target)  # what a killed run left beside it
     return generate_demo3d(target)

@@ -140,7 +140,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate the demo dataset if needed, train on one category, evaluate, and write heatmaps."""
-    from engine.datasets.demo import default_data_home, ensure_demo_dataset
+    from engine.datasets.demo import ensure_demo_dataset
+    from engine.home import default_data_home
     from engine.infer import infer
     from engine.jobs import run_job
 
@@ -180,7 +181,7 @@ def cmd_gui(args: argparse.Namespace) -> int:
 
 
 def cmd_engine_serve(args: argparse.Namespace) -> int:
-    from engine.datasets.demo import default_data_home
+    from engine.home import default_data_home
     from engine.server.serve import serve
 
     data_dir = Path(args.data_dir) if args.data_dir else default_data_home() / "engine"
@@ -199,8 +200,8 @@ def cmd_engine_serve(args: argparse.Namespace) -> int:
 
 def _engine_client(args: argparse.Namespace) -> EngineClient:
     from engine.client import EngineClient
-    from engine.datasets.demo import default_data_home
     from engine.errors import DefectScopeError
+    from engine.home import default_data_home
 
     token = os.environ.get("DEFECTSCOPE_TOKEN")
     token_file = Path(args.token_file) if args.token_file else default_data_home() / "engine" / "token"

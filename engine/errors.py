@@ -26,3 +26,7 @@ class ImageReadError(DefectScopeError):
 
 class ModelError(DefectScopeError):
     """A model directory is missing, incomplete or incompatible."""
+
+
+class FolderNotOwnedError(DatasetError):
+    """A folder that would be replaced holds something DefectScope did not write there (a user's own data)."""

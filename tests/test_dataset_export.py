@@ -13,15 +13,9 @@ import numpy as np
 import pytest
 
 from engine.datasets import DEFECTIVE, GOOD, UNKNOWN, Box, Dataset, Polygon, Sample, load_dataset
+from engine.datasets.export_job import ExportReport, mask_to_polygons, polygons_to_mask, sample_mask
 from engine.datasets.imageio import image_size
-from engine.datasets.writers import (
-    ExportReport,
-    export_dataset,
-    mask_to_polygons,
-    polygons_to_mask,
-    sample_mask,
-    writer_formats,
-)
+from engine.datasets.writers import export_dataset, writer_formats
 from engine.errors import DatasetError
 
 ALL_FORMATS = ["coco", "yolo", "voc", "labelme", "mvtec"]
@@ -191,8 +185,10 @@ def test_mask_polygon_conversion_is_exact() -> None:
     assert len(polys) == 2 and all(len(p.points) >= 3 for p in polys)
     assert np.array_equal(polygons_to_mask(polys, (50, 40)), mask)
     ring = mask.copy()
-    ring[10:15, 15:20] = False  # a hole: outer outlines only, so it comes back filled (documented)
-    assert np.array_equal(polygons_to_mask(mask_to_polygons(ring), (50, 40)), mask)
+    ring[10:15, 15:20] = False  # a hole: joined to its outline by a zero-width cut, so it survives
+    traced = mask_to_polygons(ring)
+    assert len(traced) == 2  # still one polygon per region
+    assert np.array_equal(polygons_to_mask(traced, (50, 40)), ring)
 
 
 def test_writer_registry(tmp_path: Path) -> None:

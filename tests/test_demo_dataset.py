@@ -12,18 +12,12 @@ import numpy as np
 import pytest
 
 from engine.datasets import DEFECTIVE, GOOD, demo, load_dataset
-from engine.datasets.demo import (
-    CATEGORIES,
-    DEMO_VERSION,
-    MAX_DEFECT_AREA,
-    MIN_DEFECT_AREA,
-    default_data_home,
-    ensure_demo_dataset,
-    generate_demo_dataset,
-    render_sample,
-)
+from engine.datasets.demo import DEMO_VERSION, ensure_demo_dataset, generate_demo_dataset
+from engine.datasets.demo_parts import CATEGORIES, DEFECTS
+from engine.datasets.demo_render import MAX_DEFECT_AREA, MIN_DEFECT_AREA, render_sample
 from engine.datasets.imageio import read_image, read_mask
 from engine.errors import DatasetError
+from engine.home import default_data_home
 
 SMALL = {"n_train": 2, "n_test_good": 1, "n_test_defect_per_type": 1, "image_size": 96, "seed": 0}
 
@@ -58,7 +52,7 @@ def test_registry_has_textures_and_objects() -> None:
     assert {spec.channels for spec in CATEGORIES.values()} == {1, 3}
     for spec in CATEGORIES.values():
         assert 2 <= len(spec.defects) <= 4
-        assert set(spec.defects) <= set(demo.DEFECTS)
+        assert set(spec.defects) <= set(DEFECTS)
 
 
 def test_layout_counts_and_sizes(small_demo: Path) -> None:
@@ -263,3 +257,44 @@ def test_default_data_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.setattr(sys, "platform", "win32")
     monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "local"))
     assert default_data_home() == tmp_path / "local" / "DefectScope"
+
+
+SMALL_3D = {"size": 64, "n_train": 1, "n_validation": 1, "n_test_good": 1, "n_test_defect": 1}
+
+
+def test_demo3d_refuses_to_overwrite_foreign_folder(tmp_path: Path) -> None:
+    """demo3d used to rename a user's folder aside and delete it; it now has the same guard as the 2D demo."""
+    from engine.datasets.demo3d import MANIFEST_NAME, generate_demo3d
+
+    mine = tmp_path / "my_scans"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("keep me")
+    with pytest.raises(DatasetError, match="my_scans"):
+        generate_demo3d(mine, categories=("tile",), **SMALL_3D)
+    assert (mine / "precious.txt").read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["my_scans"]  # no staging folder left behind
+
+    # An earlier 3D demo (its manifest is there) is replaced, and nothing is left beside it.
+    root = generate_demo3d(tmp_path / "d3", categories=("tile",), **SMALL_3D)
+    generate_demo3d(root, categories=("dome",), **SMALL_3D)
+    assert (root / MANIFEST_NAME).is_file() and (root / "dome").is_dir() and not (root / "tile").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d3", "my_scans"]
+
+
+# sha256 of every category's good and defect renders (96 px, seed 5, index 2), as generated before the demo
+# generator was split into demo_parts / demo_defects / demo_surfaces / demo_render. Benchmarks and tests rely
+# on the demo's pixels: a change here must come with a DEMO_VERSION bump and this digest updated on purpose.
+GOLDEN_RENDER_DIGEST = "620678d4ac4ad254f4fb10fc6a3929e04f62c87dbaee5175685f9315feaf4ac7"
+
+
+def test_rendered_pixels_are_unchanged() -> None:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, spec in CATEGORIES.items():
+        for defect in [None, *spec.defects]:
+            smp = render_sample(name, split="test", defect=defect, index=2, image_size=96, seed=5)
+            digest.update(smp.image.tobytes())
+            digest.update(smp.mask.tobytes())
+    assert DEMO_VERSION == 2
+    assert digest.hexdigest() == GOLDEN_RENDER_DIGEST

@@ -28,7 +28,7 @@ from app.gui.engine_link import EngineLink, EngineSettings, load_settings, save_
 from app.gui.job_dialog import EngineSettingsDialog, EvalDialog, TrainDialog
 from app.gui.jobs_panel import COL_MESSAGE, COL_PROGRESS, COL_STATE, JobRole, JobsPanel, ProgressRole
 from app.gui.models_panel import ModelsPanel
-from engine.datasets.demo import default_data_home
+from engine.home import default_data_home
 from tests.conftest import DEMO_CATEGORY
 
 REPO = Path(__file__).resolve().parents[1]

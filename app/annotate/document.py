@@ -11,8 +11,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,11 +20,13 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from engine.datasets.demo import default_data_home
 from engine.datasets.imageio import image_size
 from engine.datasets.keys import sample_key
 from engine.datasets.types import DEFECTIVE, GOOD, Box, Dataset, Polygon
 from engine.errors import DefectScopeError
+from engine.fsutil import atomic_write_text
+from engine.geometry.polygons import mask_to_polygons, polygons_to_mask
+from engine.home import default_data_home
 
 ShapeKind = Literal["box", "polygon", "mask"]
 FILE_VERSION = 1
@@ -51,13 +51,14 @@ class Shape:
         h, w = shape
         if self.kind == "mask" and self.rle is not None:
             return mask_utils.decode(_decode_rle(self.rle)).astype(bool)
+        if self.kind == "polygon":
+            # The one rasterisation rule: the pixels the export and the segmenter training see too.
+            return polygons_to_mask([self.points], (h, w)) if len(self.points) >= 3 else np.zeros((h, w), bool)
         out = np.zeros((h, w), np.uint8)
         pts = np.round(np.asarray(self.points, np.float64)).astype(np.int32)
         if self.kind == "box" and len(pts) == 2:
             (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
             cv2.rectangle(out, (int(x0), int(y0)), (int(x1), int(y1)), 1, thickness=-1)
-        elif self.kind == "polygon" and len(pts) >= 3:
-            cv2.fillPoly(out, [pts], 1)
         return out.astype(bool)
 
 
@@ -108,9 +109,9 @@ class ImageAnnotations:
             elif s.kind == "polygon":
                 polygons.append(Polygon(tuple((float(x), float(y)) for x, y in s.points), s.class_name))
             else:
-                contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-                polygons += [Polygon(tuple((float(x), float(y)) for x, y in c[:, 0]), s.class_name)
-                             for c in contours if len(c) >= 3]
+                # Traced exactly (holes kept by zero-width cuts), so the export rasterises back to this mask.
+                polygons += [Polygon(tuple((float(x), float(y)) for x, y in ring), s.class_name)
+                             for ring in mask_to_polygons(m, fineness=0.0, min_area=0.0)]
         return boxes, polygons, (union if union.any() else None)
 
 
@@ -137,17 +138,7 @@ class AnnotationStore:
         return ImageAnnotations.from_json(data, path)
 
     def save(self, ann: ImageAnnotations) -> None:
-        path = self.path(ann.key)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".ann-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(ann.to_json(), fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(self.path(ann.key), json.dumps(ann.to_json()))
 
     def annotated_keys(self) -> list[str]:
         keys = []

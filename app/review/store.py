@@ -9,20 +9,19 @@ No Qt here: the CLI, the GUI and the tests share this module.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import getpass
 import hashlib
+import io
 import json
 import math
-import os
 import sqlite3
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from engine.datasets.demo import default_data_home
+from engine.fsutil import atomic_write_text
+from engine.home import default_data_home
 
 VERDICTS = ("ok", "ng", "unsure")
 CSV_COLUMNS = ("key", "verdict", "note", "reviewer", "decided_at", "score", "threshold")
@@ -109,24 +108,10 @@ def _optional_number(name: str, value: float | None) -> float | None:
 
 
 def _write_atomically(path: Path, write, encoding: str) -> None:
-    """Write via a temp file in the same folder + fsync + os.replace: readers see the old or the new file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with open(fd, "w", encoding=encoding, newline="") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file owner-only; an export is meant to be shared, so keep the replaced file's mode.
-        try:
-            mode = path.stat().st_mode & 0o777
-        except OSError:
-            mode = 0o644
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Render with `write(file)` in memory, then engine.fsutil's atomic write: readers see the old or the new file."""
+    buffer = io.StringIO(newline="")  # csv writes its own line endings
+    write(buffer)
+    atomic_write_text(path, buffer.getvalue(), encoding=encoding)
 
 
 class ReviewStore:

@@ -19,9 +19,7 @@ a manifest (demo3d.json) with the generator version lets `ensure_demo3d_dataset`
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +29,8 @@ import cv2
 import numpy as np
 
 from engine.datasets.pointcloud import write_xyz
+from engine.fsutil import atomic_swap_dir, check_replaceable, staging_dir, sweep_stale_staging
+from engine.home import default_data_home
 
 DEMO3D_VERSION = 2
 MANIFEST_NAME = "demo3d.json"
@@ -238,8 +238,9 @@ def generate_demo3d(root: str | Path, categories: tuple[str, ...] | None = None,
     cfg = {**DEFAULTS, **overrides}
     cats = categories or tuple(CATEGORIES)
     root = Path(root).expanduser().absolute()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.gen-", dir=root.parent))
+    # Checked before writing and again at the swap: root may be a user's own data, never ours to delete.
+    check_replaceable(root, MANIFEST_NAME)
+    tmp = staging_dir(root)
     try:
         for cat in cats:
             plan = [("train", "good", cfg["n_train"]), ("validation", "good", cfg["n_validation"]),
@@ -252,24 +253,17 @@ def generate_demo3d(root: str | Path, categories: tuple[str, ...] | None = None,
         manifest = {"generator": "defectscope.demo3d", "version": DEMO3D_VERSION, "categories": list(cats),
                     "config": cfg, "defects": {"3d_only": ["dent", "bump"], "colour_only": ["stain"],
                                                "both": ["hole", "crack"]}}
+        # Written last: a folder without the manifest is never taken for a finished set.
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
-        if root.exists():
-            old = root.with_name(f".{root.name}.old-{os.getpid()}")
-            root.rename(old)
-            tmp.rename(root)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic_swap_dir(tmp, root, MANIFEST_NAME)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 
 def ensure_demo3d_dataset(root: str | Path | None = None) -> Path:
     """The 3D demo set at `root` (default: <data home>/demo3d), generated when missing or out of date."""
-    from engine.datasets.demo import default_data_home
-
     target = Path(root) if root is not None else default_data_home() / "demo3d"
     try:
         manifest = json.loads((target / MANIFEST_NAME).read_text())
@@ -277,4 +271,5 @@ def ensure_demo3d_dataset(root: str | Path | None = None) -> Path:
             return target
     except (OSError, ValueError):
         pass
+    sweep_stale_staging(target)  # what a killed run left beside it
     return generate_demo3d(target)

@@ -3,13 +3,15 @@
 Each writer registers itself by name, like the readers, and writes exactly the layout its reader in this
 package reads back (`load_dataset(out, format=name)`), so every export is a round trip by construction.
 
+What every writer shares (the report, `ExportJob`, the geometry conversions) is in engine.datasets.export_job.
+
 Geometry conversion (only where the target format needs what a sample lacks):
 
-* mask -> polygons: `cv2.findContours(RETR_EXTERNAL, CHAIN_APPROX_SIMPLE)`. Vertices are the centres of
-  the mask's boundary pixels, so `cv2.fillPoly` reproduces the outer outline exactly; holes inside a
-  defect are filled, because `Polygon` (and labelme / YOLO) have no notion of holes. Contours of one or
-  two pixels are padded to three vertices so every format accepts them (fillPoly still draws the pixel).
-* polygons -> mask (MVTec): `cv2.fillPoly` with vertices rounded to whole pixels.
+* mask <-> polygons: engine.geometry.polygons, the one owner of that geometry (the annotation document,
+  the segmenter and its training use the same rule). Masks are traced exactly (vertices on the centres of
+  boundary pixels); a hole inside a defect is joined to its outline by a zero-width cut, because `Polygon`
+  (and labelme / YOLO / COCO polygons) have no notion of holes; one- or two-pixel regions are walked there
+  and back so every format gets at least three vertices. Rasterising gives back the same pixels.
 * boxes -> mask (MVTec): filled rectangles, only for samples with neither a mask nor polygons; the
   report counts them, since a box mask is coarser than the defect.
 * polygons -> boxes (VOC, COCO bbox): the polygon's bounding box (for traced masks the pixel-exact,
@@ -35,56 +37,33 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import xml.etree.ElementTree as ET
-from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
-from PIL import Image
 
+from engine.datasets.export_job import (
+    SPLIT_TAGS,
+    ExportJob,
+    ExportReport,
+    Item,
+    boxes_to_mask,
+    mask_class,
+    needs_record,
+    polygon_area,
+    polygons_to_mask,
+    safe_name,
+)
 from engine.datasets.imageio import read_mask
-from engine.datasets.types import DEFECTIVE, GOOD, Box, Dataset, LoadIssue, Polygon, Sample
+from engine.datasets.types import DEFECTIVE, GOOD, Dataset, Sample
 from engine.errors import DatasetError, ImageReadError
-
-# Edges of a box and of a polygon's bounding box closer than this are "the same box" (readers derive
-# boxes as min/max of the points, traced masks as max + 1, YOLO rounds to 6 decimals).
-_BOX_MATCH_PX = 1.01
-
+from engine.fsutil import atomic_swap_dir, staging_dir
 
 # --------------------------------------------------------------------------------------------------
 # Report and registry
-
-
-@dataclass
-class ExportReport:
-    """What an export wrote, converted and skipped.
-
-    files: source image path -> exported image path (final location), for every exported sample.
-    skipped: samples that were not exported, each naming the file at fault.
-    conversions: counts of geometry conversions and of samples the format could not express.
-    """
-
-    out: Path
-    format: str
-    images: int = 0
-    annotations: int = 0
-    files: dict[Path, Path] = field(default_factory=dict)
-    skipped: list[LoadIssue] = field(default_factory=list)
-    conversions: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def ok(self) -> bool:
-        return not self.skipped
-
-    def summary(self) -> str:
-        conv = ", ".join(f"{k}: {v}" for k, v in sorted(self.conversions.items()))
-        return (f"{self.format} -> {self.out}: {self.images} images, {self.annotations} annotations, "
-                f"{len(self.skipped)} skipped" + (f" ({conv})" if conv else ""))
 
 
 class DatasetWriter(Protocol):
@@ -133,11 +112,12 @@ def export_dataset(
     _check_target(dataset, out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed at the end: same filesystem, so the rename is atomic.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    tmp = staging_dir(out)
     report = ExportReport(out=out, format=format)
     try:
         writer.write(ExportJob(dataset, tmp, out, copy_images, report))
-        _replace(tmp, out)
+        # _check_target has decided whether `out` may be replaced (overwrite=True), so no marker guard here.
+        atomic_swap_dir(tmp, out, marker=None)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -164,258 +144,6 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path != folder and folder in path.parents
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        old.rmdir()
-        out.rename(old)
-        try:
-            tmp.rename(out)
-        except OSError:
-            old.rename(out)  # put the previous content back rather than lose both
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
-
-
-# --------------------------------------------------------------------------------------------------
-# What every writer shares: the prepared geometry of a sample, unique file names, image placement
-
-
-@dataclass
-class Shape:
-    """One annotation to write: an outline (or None for a plain box) and its box."""
-
-    polygon: Polygon | None
-    box: Box
-
-    @property
-    def class_name(self) -> str:
-        return self.box.class_name
-
-
-@dataclass
-class Item:
-    """A sample ready to write: its image size and its geometry in the form writers need."""
-
-    sample: Sample
-    size: tuple[int, int]  # (width, height)
-    depth: int
-    shapes: list[Shape]
-    from_mask: bool  # the shapes were traced from sample.mask_path
-
-
-class ExportJob:
-    """One export in progress: the writer's view of the dataset, the temp root and the report."""
-
-    def __init__(self, dataset: Dataset, root: Path, final_root: Path, copy_images: bool,
-                 report: ExportReport) -> None:
-        self.dataset = dataset
-        self.root = root
-        self.final_root = final_root
-        self.copy_images = copy_images
-        self.report = report
-        self._names: dict[Path, set[str]] = {}
-
-    # -- samples ----------------------------------------------------------------------------------
-
-    def items(self, need_shapes: bool = True) -> Iterable[Item]:
-        """Every sample whose image (and mask) can be read; the others go to report.skipped."""
-        for s in self.dataset.samples:
-            try:
-                w, h, depth = _image_info(s.image_path)
-                shapes, from_mask = _shapes(s, (w, h)) if need_shapes else ([], False)
-            except ImageReadError as exc:
-                self.skip(exc.path, exc.reason)
-                continue
-            if from_mask:
-                self.report.conversions["mask->polygons"] += 1
-            yield Item(s, (w, h), depth, shapes, from_mask)
-
-    def skip(self, path: Path, reason: str) -> None:
-        self.report.skipped.append(LoadIssue(path, reason))
-
-    def class_names(self, items: list[Item]) -> list[str]:
-        """The dataset's class names in their order, then any class only the samples use."""
-        names = list(self.dataset.class_names)
-        for it in items:
-            for sh in it.shapes:
-                if sh.class_name not in names:
-                    names.append(sh.class_name)
-        return names
-
-    # -- files ------------------------------------------------------------------------------------
-
-    def unique_name(self, folder: Path, image: Path, suffix: str | None = None) -> str:
-        """A file name unique in `folder` by stem (labels, XMLs and masks are matched by stem).
-
-        Collisions (e.g. MVTec's 000.png in every defect folder) get the parent folder as prefix, then a
-        counter; case-insensitive, so the export also works on Windows and macOS file systems.
-        """
-        used = self._names.setdefault(folder, set())
-        ext = image.suffix if suffix is None else suffix
-        stem = _safe(image.stem)
-        candidates = [stem, f"{_safe(image.parent.name)}_{stem}"]
-        candidates += [f"{stem}_{n}" for n in range(1, len(used) + 2)]
-        for c in candidates:
-            if c.lower() not in used:
-                used.add(c.lower())
-                return c + ext
-        raise AssertionError("unreachable: the counter always yields a free name")
-
-    def place_image(self, sample: Sample, folder: Path, name: str | None = None) -> Path:
-        """Copy (or link) the sample's image into `folder`; returns the path written (under the temp root)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        dst = folder / (name or self.unique_name(folder, sample.image_path))
-        src = sample.image_path
-        try:
-            if self.copy_images:
-                shutil.copyfile(src, dst)
-            else:
-                try:
-                    os.symlink(os.path.abspath(src), dst)
-                except OSError:
-                    shutil.copyfile(src, dst)  # no symlink permission (Windows) or support
-        except OSError as exc:
-            raise DatasetError(f"{src}: cannot copy image to {dst} ({exc.__class__.__name__}: {exc})") from None
-        self.report.images += 1
-        self.report.files[src] = self.final_root / dst.relative_to(self.root)
-        return dst
-
-    def write_text(self, path: Path, text: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            path.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise DatasetError(f"{path}: cannot write ({exc})") from None
-
-
-def _safe(name: str) -> str:
-    """A file/folder name without path separators or control characters."""
-    cleaned = re.sub(r'[\\/:*?"<>|\x00-\x1f]', "_", name).strip()
-    return cleaned if cleaned not in ("", ".", "..") else "_"
-
-
-def _image_info(path: Path) -> tuple[int, int, int]:
-    """(width, height, channels) from the header; the error names the file like imageio.image_size."""
-    try:
-        with Image.open(path) as im:
-            return im.size[0], im.size[1], len(im.getbands())
-    except FileNotFoundError:
-        raise ImageReadError(path, "file not found") from None
-    except Exception as exc:  # PIL raises many types for broken headers
-        raise ImageReadError(path, f"not a readable image ({exc.__class__.__name__}: {exc})") from None
-
-
-def _shapes(s: Sample, size: tuple[int, int]) -> tuple[list[Shape], bool]:
-    """The sample's annotations as (outline, box) pairs: given polygons first, else the traced mask."""
-    from_mask = False
-    if s.polygons:
-        polygons = list(s.polygons)
-    elif s.mask_path is not None:
-        polygons = mask_to_polygons(read_mask(s.mask_path, (size[1], size[0])), _mask_class(s))
-        from_mask = True
-    else:
-        polygons = []
-    boxes = list(s.boxes)
-    shapes: list[Shape] = []
-    for poly in polygons:
-        own = _polygon_box(poly, size, pixel=from_mask)
-        match = next((b for b in boxes if b.class_name == poly.class_name and _same_box(b, own)), None)
-        if match is not None:
-            boxes.remove(match)  # keep the source's exact box; it was derived from this polygon
-        shapes.append(Shape(poly, match or own))
-    shapes.extend(Shape(None, b) for b in boxes)
-    return shapes, from_mask
-
-
-def _mask_class(s: Sample) -> str:
-    if s.defect_type and s.defect_type != GOOD:
-        return s.defect_type
-    return s.class_names[0] if s.class_names else "defect"
-
-
-def _polygon_box(poly: Polygon, size: tuple[int, int], pixel: bool) -> Box:
-    """Bounding box; `pixel` (outline through pixel centres) makes the far edges exclusive (+1)."""
-    xs = [p[0] for p in poly.points]
-    ys = [p[1] for p in poly.points]
-    extra = 1.0 if pixel else 0.0
-    w, h = size
-    return Box(max(min(xs), 0.0), max(min(ys), 0.0), min(max(xs) + extra, w), min(max(ys) + extra, h),
-               poly.class_name)
-
-
-def _same_box(a: Box, b: Box) -> bool:
-    return all(abs(u - v) <= _BOX_MATCH_PX for u, v in zip(
-        (a.x0, a.y0, a.x1, a.y1), (b.x0, b.y0, b.x1, b.y1), strict=True))
-
-
-# --------------------------------------------------------------------------------------------------
-# Geometry conversions (public: the tests and the GUI rasterise with the same conventions)
-
-
-def mask_to_polygons(mask: np.ndarray, class_name: str = "defect") -> list[Polygon]:
-    """Outer outlines of a binary mask (holes filled); vertices at boundary pixel centres."""
-    m = np.ascontiguousarray(mask, dtype=np.uint8)
-    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    out: list[Polygon] = []
-    for c in contours:
-        pts = [(float(x), float(y)) for x, y in c.reshape(-1, 2)]
-        while len(pts) < 3:  # 1-2 pixel defects: every format wants >= 3 vertices
-            pts.append(pts[-1])
-        out.append(Polygon(tuple(pts), class_name))
-    return out
-
-
-def polygons_to_mask(polygons: Iterable[Polygon], size: tuple[int, int]) -> np.ndarray:
-    """Binary H x W bool mask of the polygons (cv2.fillPoly, vertices rounded to pixels)."""
-    w, h = size
-    mask = np.zeros((h, w), np.uint8)
-    pts = [np.round(np.asarray(p.points, dtype=np.float64)).astype(np.int32) for p in polygons]
-    if pts:
-        cv2.fillPoly(mask, pts, 1)
-    return mask.astype(bool)
-
-
-def boxes_to_mask(boxes: Iterable[Box], size: tuple[int, int]) -> np.ndarray:
-    """Binary H x W bool mask of the boxes (x1, y1 exclusive, rounded to pixels)."""
-    w, h = size
-    mask = np.zeros((h, w), bool)
-    for b in boxes:
-        x0, y0 = max(round(b.x0), 0), max(round(b.y0), 0)
-        x1, y1 = min(round(b.x1), w), min(round(b.y1), h)
-        mask[y0:y1, x0:x1] = True
-    return mask
-
-
-def sample_mask(sample: Sample, size: tuple[int, int]) -> np.ndarray:
-    """The finest geometry of a sample as a mask: mask file, else polygons, else boxes."""
-    if sample.mask_path is not None:
-        return read_mask(sample.mask_path, (size[1], size[0]))
-    if sample.polygons:
-        return polygons_to_mask(sample.polygons, size)
-    return boxes_to_mask(sample.boxes, size)
-
-
-def _polygon_area(points: tuple[tuple[float, float], ...]) -> float:
-    xs = np.asarray([p[0] for p in points])
-    ys = np.asarray([p[1] for p in points])
-    return float(abs(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))) / 2)
-
-
-def _needs_record(job: ExportJob, it: Item) -> bool:
-    """Whether the sample gets an annotation record; DEFECTIVE/UNKNOWN without geometry get none."""
-    if it.shapes or it.sample.label == GOOD:
-        return True
-    key = "defective without geometry: unlabelled" if it.sample.label == DEFECTIVE else "unknown: unlabelled"
-    job.report.conversions[key] += 1
-    return False
-
-
-_SPLIT_TAGS = {"train": "train", "validation": "val", "test": "test"}
-
-
 # --------------------------------------------------------------------------------------------------
 # Writers
 
@@ -434,7 +162,7 @@ class CocoWriter:
                 # An image listed in COCO without annotations means GOOD; it cannot say "unknown".
                 job.report.conversions["not expressible in coco: left out"] += 1
                 continue
-            by_tag.setdefault(_SPLIT_TAGS.get(it.sample.split, "all"), []).append(it)
+            by_tag.setdefault(SPLIT_TAGS.get(it.sample.split, "all"), []).append(it)
         ann_id = 0
         for tag, group in by_tag.items():
             images: list[dict[str, Any]] = []
@@ -446,7 +174,7 @@ class CocoWriter:
                     ann_id += 1
                     b = sh.box
                     seg = [[v for p in sh.polygon.points for v in p]] if sh.polygon else []
-                    area = _polygon_area(sh.polygon.points) if sh.polygon else (b.x1 - b.x0) * (b.y1 - b.y0)
+                    area = polygon_area(sh.polygon.points) if sh.polygon else (b.x1 - b.x0) * (b.y1 - b.y0)
                     anns.append({"id": ann_id, "image_id": image_id, "category_id": cat_id[sh.class_name],
                                  "bbox": [b.x0, b.y0, b.x1 - b.x0, b.y1 - b.y0], "segmentation": seg,
                                  "area": area, "iscrowd": 0})
@@ -471,13 +199,13 @@ class YoloWriter:
         cls_id = {n: i for i, n in enumerate(names)}
         tags: list[str] = []
         for it in items:
-            tag = _SPLIT_TAGS.get(it.sample.split, "")
+            tag = SPLIT_TAGS.get(it.sample.split, "")
             img_dir = job.root / "images" / tag if tag else job.root / "images"
             lab_dir = job.root / "labels" / tag if tag else job.root / "labels"
             if tag not in tags:
                 tags.append(tag)
             dst = job.place_image(it.sample, img_dir)
-            if not _needs_record(job, it):
+            if not needs_record(job, it):
                 continue  # no .txt: UNKNOWN on reload, never a fake GOOD
             w, h = it.size
             lines = []
@@ -520,10 +248,10 @@ class VocWriter:
         split_ids: dict[str, list[str]] = {}
         for it in job.items():
             dst = job.place_image(it.sample, job.root / "JPEGImages")
-            tag = _SPLIT_TAGS.get(it.sample.split)
+            tag = SPLIT_TAGS.get(it.sample.split)
             if tag:
                 split_ids.setdefault(tag, []).append(dst.stem)
-            if not _needs_record(job, it):
+            if not needs_record(job, it):
                 continue  # no XML: UNKNOWN on reload
             if any(sh.polygon is not None for sh in it.shapes):
                 job.report.conversions["polygons->boxes"] += 1
@@ -567,9 +295,9 @@ class LabelmeWriter:
 
     def write(self, job: ExportJob) -> None:
         for it in job.items():
-            tag = _SPLIT_TAGS.get(it.sample.split)
+            tag = SPLIT_TAGS.get(it.sample.split)
             dst = job.place_image(it.sample, job.root / tag if tag else job.root)
-            if not _needs_record(job, it):
+            if not needs_record(job, it):
                 continue
             shapes = []
             for sh in it.shapes:
@@ -604,11 +332,11 @@ class MVTecWriter:
             if s.label not in (GOOD, DEFECTIVE):
                 job.report.conversions["unknown: left out of mvtec"] += 1
                 continue
-            cat = job.root if single else job.root / _safe(s.category or "default")
+            cat = job.root if single else job.root / safe_name(s.category or "default")
             made.add(cat)
             good = s.label == GOOD
             split = s.split if s.split in ("train", "validation", "test") else ("train" if good else "test")
-            cls = GOOD if good else _safe(_mask_class(s))
+            cls = GOOD if good else safe_name(mask_class(s))
             if cls == GOOD and not good:
                 cls = "defect"  # a defective image in the good folder would read back as GOOD
             mask = None if good else self._mask(job, s, it.size)

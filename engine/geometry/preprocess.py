@@ -14,8 +14,8 @@ caller owns (beside the run), so the user's files are only ever read.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from engine.datasets.pointcloud import PointCloudError, read_cloud, valid_points
+from engine.fsutil import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,8 @@ def prepare_file(path: str | Path, cfg: PrepConfig = PrepConfig(), cache_dir: st
     prepared = prepare(read_cloud(p), cfg)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, xyz=prepared.xyz, foreground=prepared.foreground,
+        buffer = io.BytesIO()
+        np.savez(buffer, xyz=prepared.xyz, foreground=prepared.foreground,
                  plane=np.asarray(prepared.plane if prepared.plane else [], np.float64))
-        os.replace(tmp, cached)
+        atomic_write_bytes(cached, buffer.getvalue())
     return prepared

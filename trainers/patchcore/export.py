@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import onnxruntime as ort
 import torch
 
 from engine.datasets.imageio import read_image
+from trainers.common.io import atomic_write
 from trainers.common.onnx_graph import CORE_INPUT, CORE_OUTPUTS, compose_anomaly_model, preprocess_model
 from trainers.patchcore.model import PatchCoreModel, PatchFeatures
 
@@ -106,18 +105,3 @@ def load_torch_model(run_dir: str | Path) -> PatchCoreModel:
     model = PatchCoreModel(features, banks, factors, position_grid=grid)
     model.load_state_dict({**model.state_dict(), **state})
     return model.eval()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; models are shared with other users of the PC
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

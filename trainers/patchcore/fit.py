@@ -18,9 +18,11 @@ from engine.datasets.imageio import read_image
 from engine.datasets.splits import resolve_splits
 from engine.errors import DatasetError, DefectScopeError
 from engine.jobs.registry import Progress
+from trainers.common.device import resolve_device
+from trainers.common.io import atomic_write
 from trainers.common.onnx_graph import preprocess_model
 from trainers.patchcore.coreset import greedy_coreset
-from trainers.patchcore.export import METADATA_FILE, atomic_write, export_model
+from trainers.patchcore.export import METADATA_FILE, export_model
 from trainers.patchcore.model import PatchCoreModel, PatchFeatures, ScaleBranch
 
 
@@ -53,16 +55,6 @@ class TrainConfig:
 class TrainResult:
     run_dir: Path
     metadata: dict = field(default_factory=dict)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DefectScopeError("--device cuda asked for, but torch sees no CUDA GPU on this machine")
-    if device not in ("cpu", "cuda"):
-        raise DefectScopeError(f"--device must be auto, cpu or cuda (got '{device}')")
-    return torch.device(device)
 
 
 def split_holdout(samples: list[Sample], fraction: float, max_holdout: int) -> tuple[list[Sample], list[Sample]]:

@@ -20,6 +20,7 @@ import onnxruntime as ort
 from engine.datasets import DEFECTIVE, GOOD, load_dataset
 from engine.datasets.imageio import read_image, read_mask
 from engine.errors import DatasetError, DefectScopeError
+from engine.geometry.polygons import polygons_to_mask
 from trainers.promptseg.prompts import Defect, merge_gap_pixels, split_defects
 
 # cv2.flip codes of the training augmentations: none, horizontal, vertical, both.
@@ -47,14 +48,10 @@ class MaskedImage:
     polygons: tuple[tuple[tuple[float, float], ...], ...] = ()
 
     def read_mask(self, shape: tuple[int, int]) -> np.ndarray:
-        """The bool mask of the image (H, W); polygons are filled (boundary pixels inside)."""
+        """The bool mask of the image (H, W); polygons rasterised by the one rule (engine.geometry.polygons)."""
         if self.mask_path is not None:
             return read_mask(self.mask_path, shape)
-        out = np.zeros(shape, np.uint8)
-        for poly in self.polygons:
-            pts = np.round(np.asarray(poly, np.float64).reshape(-1, 2) * 16).astype(np.int32)
-            cv2.fillPoly(out, [pts], 1, lineType=cv2.LINE_8, shift=4)
-        return out > 0
+        return polygons_to_mask(self.polygons, shape)
 
 
 @dataclass

@@ -24,8 +24,8 @@ from onnx import TensorProto, helper
 
 from engine.runtime import segmenter_format as fmt
 from trainers.common.efficientnet_lite import PIXEL_MEAN, PIXEL_STD
+from trainers.common.io import atomic_write
 from trainers.common.onnx_graph import IR_VERSION, OPSET
-from trainers.patchcore.export import atomic_write
 from trainers.promptseg.model import ArchConfig, TrunkTaps, decode_batch, exportable_decoder, trainable_state
 
 IMAGE_INPUT = "image"

@@ -33,8 +33,8 @@ from engine.datasets.imageio import read_image
 from engine.errors import DatasetError, DefectScopeError
 from engine.jobs.registry import Progress
 from engine.runtime import segmenter_format as fmt
-from trainers.patchcore.export import atomic_write
-from trainers.patchcore.fit import resolve_device
+from trainers.common.device import resolve_device
+from trainers.common.io import atomic_write
 from trainers.promptseg.data import (
     FLIPS,
     DataSource,

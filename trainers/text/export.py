@@ -8,15 +8,14 @@ Runtime and the `tokenizers` library only (engine.runtime.text).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.errors import DefectScopeError
+from engine.fsutil import atomic_swap_dir, staging_dir
 from engine.jobs.kinds_autoprompt import ExportTextEncoderParams
 from engine.jobs.registry import Progress
 from engine.runtime.text import METADATA_FILE, MODEL_FILE, TOKENIZER_FILE, TextEncoder
@@ -52,7 +51,7 @@ def export_text_encoder(out: str | Path, progress: Progress | None = None) -> di
     report = progress or (lambda _f, _m: None)
     src = shipped_model_dir()
     out = Path(out)
-    stage = Path(tempfile.mkdtemp(prefix=".text-", dir=out.parent if out.parent.exists() else None))
+    stage = staging_dir(out)
     try:
         report(0.1, "loading all-MiniLM-L6-v2")
         model = _Pooled(AutoModel.from_pretrained(str(src))).eval()
@@ -76,9 +75,8 @@ def export_text_encoder(out: str | Path, progress: Progress | None = None) -> di
             raise DefectScopeError(f"text encoder export: ONNX differs from torch by {diff:.2e}")
         meta["parity_max_abs_diff"] = diff
         (stage / METADATA_FILE).write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(stage, out)
+        # Replaces an earlier text encoder only (its metadata file is there), never a user's folder.
+        atomic_swap_dir(stage, out, METADATA_FILE)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

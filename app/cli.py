@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--resume", default=None, help="incremental step: the previous step's run directory")
     tu.add_argument("--add", default=None, help="incremental step: the new products, e.g. D,E")
     tu.add_argument("--out", required=True, help="run directory (model.onnx + model.json + state)")
-    tu.add_argument("--image-size", type=int, default=256)
+    tu.add_argument("--image-size", type=int, default=None)  # 256 for a new model, the saved size on resume
     tu.add_argument("--epochs", type=int, default=50)
     tu.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     tu.add_argument("--naive", action="store_true", help="plain fine-tuning (no anchoring, projection or "

@@ -17,7 +17,7 @@ class TrainUnifiedParams(BaseModel, extra="forbid"):
     out: str = Field(description="run folder (model.onnx + model.json, and the state to resume from)")
     resume: str | None = Field(default=None, description="run folder of the previous step (incremental step: "
                                                          "the earlier products' images are not read)")
-    image_size: int = Field(default=256, ge=64, le=1024, multiple_of=64)
+    image_size: int | None = Field(default=None, ge=64, le=1024, multiple_of=64)  # None: 256 new, saved on resume
     epochs: int = Field(default=50, ge=1, le=10_000)
     lr: float = Field(default=1e-4, gt=0, le=1.0)
     anchor_weight: float = Field(default=1.0, ge=0.0, description="pull towards the previous step (0: naive)")

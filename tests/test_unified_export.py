@@ -71,7 +71,7 @@ def test_train_anomaly_at_288_is_refused_naming_image_size(tmp_path: Path) -> No
 
     data = generate_demo_dataset(tmp_path / "demo", categories=["washer"], n_train=2, n_test_good=1,
                                  n_test_defect_per_type=1, image_size=128, seed=0)
-    with pytest.raises(DefectScopeError, match="image_size must be a multiple of 64.*got 288: use 256 or 320"):
+    with pytest.raises(DefectScopeError, match=r"image_size must be a multiple of 64.*got 288: use 256 or 320"):
         run_job("train_anomaly", {"data": str(data), "category": "washer", "out": str(tmp_path / "m"),
                                   "image_size": 288, "device": "cpu"})
     assert not (tmp_path / "m" / "model.onnx").exists()

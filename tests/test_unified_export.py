@@ -175,3 +175,27 @@ def test_unified_resume_keeps_the_saved_size_and_refuses_another(tmp_path: Path)
         run_job("train_unified", {"data": str(data), "categories": ["wood"], "out": str(tmp_path / "step2"),
                                   "resume": str(tmp_path / "step1"), "image_size": 128, "device": "cpu"})
     assert not (tmp_path / "step2").exists()  # refused before any training or writing
+
+
+@pytest.mark.slow
+def test_unified_calibration_scores_are_what_the_exported_graph_computes(tmp_path: Path) -> None:
+    """The threshold's center is the held-out image's raw score as training measured it; the exported graph,
+    given that raw image, must put it exactly at 0 (a torch-side resize put it off by ~1e-2)."""
+    from engine.datasets.demo import generate_demo_dataset
+    from engine.datasets.imageio import read_image
+    from trainers.unified.export import export_unified
+    from trainers.unified.fit import StepConfig, product_images, train_step
+    from trainers.unified.model import UnifiedConfig, UnifiedModel
+
+    data = generate_demo_dataset(tmp_path / "demo", categories=["washer"], n_train=6, n_test_good=1,
+                                 n_test_defect_per_type=1, image_size=200, seed=4)
+    state = train_step(None, data, ["washer"], UnifiedConfig(**TINY), StepConfig(epochs=1, batch_size=4))
+    _, held = product_images(data, ["washer"])
+    assert len(held["washer"]) == 1  # so the center is that image's own score
+    model = UnifiedModel(state.config)
+    model.reconstructor.load_state_dict(state.weights)
+    center, threshold = state.normalisation()
+    export_unified(model, center, threshold, tmp_path / "m", {"kind": "anomaly/unified"}, held["washer"])
+    sess = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"), providers=["CPUExecutionProvider"])
+    score = float(sess.run(None, {"image": read_image(held["washer"][0])})[0][0])
+    assert abs(score) < 1e-4

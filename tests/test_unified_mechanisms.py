@@ -141,7 +141,8 @@ def test_base_step_then_an_incremental_step_without_old_images(tmp_path) -> None
 @pytest.mark.slow
 def test_cli_base_step_then_resume_exports_one_model_for_all_products(tmp_path, capsys) -> None:
     """`train unified --categories` then `--resume --add`: one ONNX model (the memory-bank model's format) that
-    the engine runtime scores every product with; the resumed step never opens the first product's images."""
+    the engine runtime scores every product with; the resumed step never opens the first product's images and
+    keeps the saved image size (refusing another one)."""
     import sys as _sys
 
     import numpy as np
@@ -161,14 +162,21 @@ def test_cli_base_step_then_resume_exports_one_model_for_all_products(tmp_path, 
         if event == "open" and args and isinstance(args[0], str):
             opened.append(args[0])
 
+    # a resume with another size is refused before any training; without one it keeps the saved 64
+    assert main(["train", "unified", "--data", str(data), "--resume", str(tmp_path / "s1"), "--add", "wood",
+                 "--out", str(tmp_path / "s2"), "--image-size", "128", "--epochs", "2"]) == 2
+    assert "image_size 128 differs from the saved 64" in capsys.readouterr().err
+    assert not (tmp_path / "s2").exists()
     _sys.addaudithook(audit)  # cannot be removed; it only appends to a list
     assert main(["train", "unified", "--data", str(data), "--resume", str(tmp_path / "s1"), "--add", "wood",
-                 "--out", str(tmp_path / "s2"), "--image-size", "64", "--epochs", "2"]) == 0
+                 "--out", str(tmp_path / "s2"), "--epochs", "2"]) == 0
     assert not [p for p in opened if "/washer/" in p]  # no old product's image was read
     assert "products washer, wood" in capsys.readouterr().out
     model = AnomalyModel(tmp_path / "s2", device="cpu")
     assert model.metadata["kind"] == "anomaly/unified" and model.metadata["products"] == ["washer", "wood"]
+    assert model.metadata["input_size"] == 64
     assert model.metadata["export"]["parity_max_abs_score_diff"] < 1e-4
+    assert model.metadata["export"]["parity_max_abs_map_diff"] < model.metadata["export"]["parity_tolerance"]["map"]
     for cat in ("washer", "wood"):
         img = read_image(next((data / cat / "test" / "good").iterdir()))
         pred = model.predict(img)

@@ -11,11 +11,14 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
+from engine.errors import DefectScopeError
+
 IMAGE_INPUT = "image"
 CORE_INPUT = "x"
 CORE_OUTPUTS = ("score_norm", "map_norm")
 SCORE_OUTPUT = "score"
 MAP_OUTPUT = "anomaly_map"
+RESIZED = "pre_resized"  # the composed graph's preprocessed tensor (1 x 3 x h x w), what its core really sees
 OPSET = 18
 IR_VERSION = 9  # readable by every ONNX Runtime from 1.16 on
 
@@ -25,13 +28,26 @@ RESIZE_POLICIES = ("area", "stretch")
 SIDE_MULTIPLE = 64
 
 
+def check_image_size(image_size: int) -> int:
+    """`image_size` itself, refused unless a positive multiple of SIDE_MULTIPLE: rounding it here would train and
+    export a graph of another size than the one model.json records (288 used to become 256, silently)."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < SIDE_MULTIPLE \
+            or image_size % SIDE_MULTIPLE:
+        lower = max(SIDE_MULTIPLE, SIDE_MULTIPLE * (int(image_size) // SIDE_MULTIPLE)) \
+            if isinstance(image_size, int) else SIDE_MULTIPLE
+        raise DefectScopeError(f"image_size must be a multiple of {SIDE_MULTIPLE} (at least {SIDE_MULTIPLE}), got "
+                               f"{image_size!r}: use {lower} or {lower + SIDE_MULTIPLE}")
+    return image_size
+
+
 def _pre_nodes(image_size: int, out: str, policy: str = "area") -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Nodes from IMAGE_INPUT to `out` (1 x 3 x h x w float, 0..255).
 
     policy: "area" keeps the aspect ratio with h*w ~= image_size**2 (the patch count, hence latency, is fixed and
-    narrow parts are not squashed), each side rounded to a multiple of 64; "stretch" squashes to
-    image_size x image_size (image_size itself rounded to a multiple of 64).
+    narrow parts are not squashed), each side rounded to a multiple of 64 (a square image: exactly image_size);
+    "stretch" squashes to image_size x image_size. image_size must be a multiple of 64 (`check_image_size`).
     """
+    check_image_size(image_size)
     if policy not in RESIZE_POLICIES:
         raise ValueError(f"unknown resize policy '{policy}'; known: {', '.join(RESIZE_POLICIES)}")
     nodes = [
@@ -39,13 +55,12 @@ def _pre_nodes(image_size: int, out: str, policy: str = "area") -> tuple[list[on
         helper.make_node("Transpose", ["pre_float"], ["pre_chw"], perm=[2, 0, 1], name="pre_transpose"),
         helper.make_node("Unsqueeze", ["pre_chw", "pre_axis0"], ["pre_nchw"], name="pre_unsqueeze"),
     ]
-    inits = [
-        helper.make_tensor("pre_axis0", TensorProto.INT64, [1], [0]),
-        helper.make_tensor("pre_sizes", TensorProto.INT64, [2], [_round_to_multiple(image_size)] * 2),
-    ]
+    inits = [helper.make_tensor("pre_axis0", TensorProto.INT64, [1], [0])]
     resize_attrs: dict = {"mode": "linear", "antialias": 1, "axes": [2, 3]}
     sizes = "pre_sizes"
-    if policy == "area":
+    if policy == "stretch":
+        inits.append(helper.make_tensor(sizes, TensorProto.INT64, [2], [image_size] * 2))
+    else:
         # sizes = 64 * max(1, round([H, W] * image_size / sqrt(H * W) / 64))
         sizes = "pre_area_sizes"
         nodes += [
@@ -70,10 +85,6 @@ def _pre_nodes(image_size: int, out: str, policy: str = "area") -> tuple[list[on
     return nodes, inits
 
 
-def _round_to_multiple(n: int) -> int:
-    return max(SIDE_MULTIPLE, SIDE_MULTIPLE * round(n / SIDE_MULTIPLE))
-
-
 def _image_input() -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(IMAGE_INPUT, TensorProto.UINT8, ["H", "W", 3])
 
@@ -96,7 +107,7 @@ def preprocess_model(image_size: int, policy: str = "area") -> onnx.ModelProto:
 def compose_anomaly_model(core: onnx.ModelProto, image_size: int, policy: str = "area") -> onnx.ModelProto:
     """image -> [preprocess] -> core -> [map back to the original size] -> (score [1], anomaly_map [H, W])."""
     core = onnx.shape_inference.infer_shapes(core)
-    pre_out = "pre_resized"
+    pre_out = RESIZED
     pre_nodes, pre_inits = _pre_nodes(image_size, pre_out, policy)
     core_nodes = []
     for node in core.graph.node:

@@ -9,6 +9,10 @@ backbone are computed once per step and kept (the backbone never trains).
 
 Training runs on `StepConfig.device` ("auto": the GPU when torch sees one); the saved state is always on the CPU,
 so a step trained on a GPU server resumes on a CPU-only PC and the reverse.
+
+Every image reaches the model through the exported graph's own preprocessing, run by ONNX Runtime on the raw
+uint8 image (`OnnxPreprocess`, as the memory-bank trainer does): the features trained on and the held-out scores
+the threshold is calibrated from are those inspection computes, not a torch resize that differs at the borders.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
@@ -28,9 +33,11 @@ from engine.datasets.imageio import read_image
 from engine.datasets.types import Sample
 from engine.errors import DatasetError, DefectScopeError
 from engine.jobs.registry import Progress
-from trainers.patchcore.fit import calibrate, resolve_device
+from trainers.common.device import resolve_device
+from trainers.common.onnx_graph import check_image_size, preprocess_model
+from trainers.patchcore.fit import calibrate
 from trainers.unified.incremental import ActivationBases, anchoring_loss, capture_ffn_inputs, compression_loss
-from trainers.unified.model import UnifiedConfig, UnifiedModel
+from trainers.unified.model import RESIZE, UnifiedConfig, UnifiedModel
 
 STATE_FILE = "unified_state.pt"
 
@@ -124,23 +131,43 @@ def product_images(data: Path, products: Sequence[str], holdout_fraction: float 
     return train, hold
 
 
-def _resized(path: Path, size: int) -> torch.Tensor:
-    img = torch.from_numpy(read_image(path)).permute(2, 0, 1)[None].float()
-    return F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+class OnnxPreprocess:
+    """Image file -> 1 x 3 x S x S float tensor through the exported graph's preprocessing (ONNX Runtime)."""
+
+    def __init__(self, image_size: int) -> None:
+        self.session = ort.InferenceSession(preprocess_model(image_size, RESIZE).SerializeToString(),
+                                            providers=["CPUExecutionProvider"])
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"image": read_image(path)})[0])
 
 
-def _tokens(model: UnifiedModel, paths: list[Path], size: int, device: torch.device) -> torch.Tensor:
+def _tokens(model: UnifiedModel, paths: list[Path], pre: OnnxPreprocess, device: torch.device) -> torch.Tensor:
     with torch.no_grad():
-        return torch.stack([model.tokens(_resized(p, size).to(device))[0] for p in paths])  # N x L x D
+        return torch.stack([model.tokens(pre(p).to(device))[0] for p in paths])  # N x L x D
 
 
-def train_step(state: UnifiedState | None, data: Path, new_products: Sequence[str], cfg: UnifiedConfig,
+def resumed_config(state: UnifiedState, cfg: UnifiedConfig | None, source: str | Path = "the resumed run"
+                   ) -> UnifiedConfig:
+    """The saved architecture of a run being extended; `cfg` (None: keep the saved one) must not differ from it:
+    the weights and bases are for that grid and those layers, so a different value is refused, never replaced."""
+    if cfg is None or cfg == state.config:
+        return state.config
+    changed = [f"{f.name} {getattr(cfg, f.name)!r} differs from the saved {getattr(state.config, f.name)!r}"
+               for f in fields(UnifiedConfig) if getattr(cfg, f.name) != getattr(state.config, f.name)]
+    raise DefectScopeError(f"{source}: {'; '.join(changed)} of the model being extended (leave it empty to keep "
+                           f"the saved value)")
+
+
+def train_step(state: UnifiedState | None, data: Path, new_products: Sequence[str], cfg: UnifiedConfig | None,
                step_cfg: StepConfig, progress: Progress | None = None) -> UnifiedState:
-    """One step: the base step when `state` is None, else an incremental step adding `new_products`."""
+    """One step: the base step when `state` is None (cfg None: UnifiedConfig()), else an incremental step adding
+    `new_products` with the saved architecture (a `cfg` that differs from it is refused, see `resumed_config`)."""
     report = progress or (lambda _f, _m: None)
     torch.manual_seed(step_cfg.seed)
+    cfg = resumed_config(state, cfg) if state is not None else cfg or UnifiedConfig()
+    check_image_size(cfg.image_size)
     if state is not None:
-        cfg = state.config
         overlap = sorted(set(new_products) & set(state.products))
         if overlap:
             raise DefectScopeError(f"products already learned: {', '.join(overlap)}")
@@ -149,10 +176,9 @@ def train_step(state: UnifiedState | None, data: Path, new_products: Sequence[st
     if state is not None:
         model.reconstructor.load_state_dict(state.weights)
     model.to(device)
-    if cfg.image_size % 64:
-        raise DefectScopeError(f"image_size must be a multiple of 64 (got {cfg.image_size})")
+    pre = OnnxPreprocess(cfg.image_size)
     images, held_out = product_images(data, new_products, max_images=step_cfg.max_images)
-    tokens = _tokens(model, [p for ps in images.values() for p in ps], cfg.image_size, device)
+    tokens = _tokens(model, [p for ps in images.values() for p in ps], pre, device)
     rec = model.reconstructor
     layers = {f"ffn{i}": layer for i, layer in enumerate(rec.ffn_out_layers())}
     # A copy, so the input state stays as it was.
@@ -192,7 +218,7 @@ def train_step(state: UnifiedState | None, data: Path, new_products: Sequence[st
     stats = dict(state.product_stats) if state else {}
     with torch.no_grad():
         for prod, paths in held_out.items():
-            scores = [float(model(_resized(p, cfg.image_size).to(device))[0][0]) for p in paths]
+            scores = [float(model(pre(p).to(device))[0][0]) for p in paths]
             stats[prod] = list(calibrate(scores, 3.0))
     steps = [*(state.steps if state else []), {"products": list(new_products), "epochs": epochs_done,
                                                "final_loss": round(float(np.mean(losses[-10:])), 5),
@@ -204,7 +230,8 @@ def train_step(state: UnifiedState | None, data: Path, new_products: Sequence[st
 
 def evaluate_products(state: UnifiedState, data: Path, products: Sequence[str] | None = None,
                       max_test: int | None = None, device: str = "cpu") -> dict[str, dict]:
-    """Image and pixel AUROC on each product's test split (torch path; the ONNX path comes with the export)."""
+    """Image and pixel AUROC on each product's test split: the torch model on the exported graph's preprocessing
+    (what the ONNX model scores, within the export's parity tolerance)."""
     import cv2
 
     from engine.datasets.imageio import read_mask
@@ -215,16 +242,14 @@ def evaluate_products(state: UnifiedState, data: Path, products: Sequence[str] |
     model.reconstructor.load_state_dict(state.weights)
     dev = resolve_device(device)
     model.to(dev).eval()
+    pre = OnnxPreprocess(cfg.image_size)
     out: dict[str, dict] = {}
     for p in products or state.products:
         test = labelled_test_samples(data, p, max_test)
         scores, maps, masks, labels = [], [], [], []
         with torch.no_grad():
             for s in test:
-                img = torch.from_numpy(read_image(s.image_path)).permute(2, 0, 1)[None].float()
-                x = F.interpolate(img, size=(cfg.image_size,) * 2, mode="bilinear", align_corners=False,
-                                  antialias=True)
-                score, amap = model(x.to(dev))
+                score, amap = model(pre(s.image_path).to(dev))
                 scores.append(float(score[0]))
                 maps.append(amap[0, 0].cpu().numpy())
                 labels.append(int(s.label == DEFECTIVE))
@@ -240,17 +265,20 @@ def evaluate_products(state: UnifiedState, data: Path, products: Sequence[str] |
 def train_unified(data: str | Path, products: Sequence[str], out: str | Path, resume: str | Path | None = None,
                   cfg: UnifiedConfig | None = None, step_cfg: StepConfig | None = None,
                   progress: Progress | None = None) -> dict:
-    """A base step (resume None) or an incremental step from the run in `resume`; writes the state and the exported
-    model (model.onnx + model.json) to `out`. A resumed run never reads the earlier products' images."""
+    """A base step (resume None) or an incremental step from the run in `resume`; writes the exported model
+    (model.onnx + model.json) and the state to `out`. A resumed run never reads the earlier products' images and
+    keeps the saved architecture: `cfg` None keeps it, a `cfg` that differs (e.g. another image_size) is refused
+    before any training (`resumed_config`)."""
     import engine
     from trainers.unified.export import export_unified
 
     report = progress or (lambda _f, _m: None)
     state = UnifiedState.load(Path(resume)) if resume else None
-    new = train_step(state, Path(data), list(products), cfg or UnifiedConfig(), step_cfg or StepConfig(),
+    if state is not None:
+        cfg = resumed_config(state, cfg, resume)
+    new = train_step(state, Path(data), list(products), cfg, step_cfg or StepConfig(),
                      lambda f, m: report(0.9 * f, m))
     out_dir = Path(out)
-    new.save(out_dir)
     model = UnifiedModel(new.config)
     model.reconstructor.load_state_dict(new.weights)
     center, threshold = new.normalisation()
@@ -262,5 +290,6 @@ def train_unified(data: str | Path, products: Sequence[str], out: str | Path, re
         "training": {"steps": new.steps, "product_stats": new.product_stats, "resumed_from": str(resume or "")},
         "defectscope_version": engine.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         [p for ps in held.values() for p in ps][:2])
+    new.save(out_dir)  # after the export: a model refused by the parity check leaves nothing to resume from
     report(1.0, f"products: {', '.join(new.products)}")
     return {"run_dir": str(out_dir), "products": new.products, "metadata": meta}

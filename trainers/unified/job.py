@@ -12,7 +12,6 @@ def train_job(params: TrainUnifiedParams, progress: Progress) -> dict:
     step = StepConfig(epochs=params.epochs, lr=params.lr, anchor_weight=params.anchor_weight,
                       compression_weight=params.compression_weight, project=params.project, seed=params.seed,
                       device=params.device)
-    return train_unified(params.data, params.categories, params.out, params.resume,
-                         # None: the config's default for a new model (H5 makes a resume use the saved size)
-                         UnifiedConfig() if params.image_size is None else UnifiedConfig(image_size=params.image_size),
-                         step, progress)
+    # No image_size: 256 for a new model, the saved size on resume (train_unified refuses a different one).
+    cfg = None if params.image_size is None else UnifiedConfig(image_size=params.image_size)
+    return train_unified(params.data, params.categories, params.out, params.resume, cfg, step, progress)

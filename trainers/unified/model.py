@@ -19,6 +19,9 @@ from trainers.common.efficientnet_lite import PIXEL_MEAN, PIXEL_STD, EfficientNe
 from trainers.patchcore.model import gaussian_kernel1d
 
 STAGES = (1, 2, 4)  # strides 4, 8, 16 on EfficientNet-Lite0/1/2
+# The exported graph's resize (trainers.common.onnx_graph): the learned queries are one per grid position, so the
+# input is always image_size x image_size.
+RESIZE = "stretch"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Run an exported anomaly model (model.onnx + model.json) on images: the one inference path.
 
-The GUI, the CLI and the engine all call `AnomalyModel.predict`, which feeds the original image to the ONNX graph;
-resizing, normalisation and score normalisation live inside the graph, so a score is the same everywhere.
+The GUI, the CLI and the engine all reach `AnomalyModel.predict` (through `AnomalyScorer`, what
+engine.runtime.model_format opens for memory-bank and unified folders), which feeds the original image to the ONNX
+graph; resizing, normalisation and score normalisation live inside the graph, so a score is the same everywhere.
 """
 
 from __future__ import annotations

@@ -84,6 +84,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "device": args.device}
     r = run_job("eval", params, _progress_printer("eval"))
     print(_format_metrics(r))
+    for note in r.get("notes") or []:
+        print(f"note: {note}")
     if args.report:
         print(f"report written to {args.report}")
     return 0
@@ -93,11 +95,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from engine.infer import infer
 
     summary = infer(args.model, args.inputs, args.out, device=args.device)
-    n_ng = sum(r["verdict"] == "NG" for r in summary["results"])
-    print(
-        f"{len(summary['results'])} images scored on {summary['provider']}: {n_ng} NG, "
-        f"{len(summary['results']) - n_ng} OK; heatmaps and scores.json in {args.out}"
-    )
+    n_scored, n_ng = len(summary["results"]), summary["n_ng"]
+    print(f"{n_scored} images scored on {summary['provider']}: {n_ng} NG, {n_scored - n_ng} OK; "
+          f"heatmaps and scores.json in {args.out}")
+    for note in summary["notes"]:
+        print(f"note: {note}")
     for err in summary["errors"]:
         print(f"skipped {err['path']}: {err['error']}", file=sys.stderr)
     if not summary["results"]:

@@ -2,14 +2,14 @@
 
 The anomaly model says *where* something is unusual; the segmenter says *which pixels* belong to it. Each blob
 of the map above the threshold gives one prompt (its box, padded, plus its peak as a positive point); the
-segmenter turns it into a proposed defect mask that the engineer accepts, edits or rejects. Torch-free: both
-models run through ONNX Runtime.
+segmenter turns it into a proposed defect mask that the engineer accepts, edits or rejects. Any scoring model
+(engine.runtime.model_format) gives the maps, through the one scoring loop. Torch-free: both models run through
+ONNX Runtime.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,13 +18,14 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from engine.datasets import load_dataset
-from engine.datasets.imageio import read_image
 from engine.datasets.keys import sample_key
 from engine.errors import DefectScopeError
+from engine.fsutil import atomic_write_text
 from engine.jobs.kinds_autoprompt import ProposeMasksParams
 from engine.jobs.registry import Progress
-from engine.runtime import AnomalyModel
+from engine.runtime.model_format import open_model
 from engine.runtime.segmenter import PromptSegmenter
+from engine.scoring import Scored, score_samples, select_samples
 
 PROPOSALS_FILE = "proposals.json"
 
@@ -75,10 +76,14 @@ class Proposal:
                 "rle": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}}
 
 
-def propose(image: np.ndarray, anomaly: AnomalyModel, segmenter: PromptSegmenter, key: str | None = None,
-            threshold: float | None = None, min_area: int = 16) -> list[Proposal]:
-    pred = anomaly.predict(image)
-    prompts = prompts_from_map(pred.anomaly_map, anomaly.threshold if threshold is None else threshold, min_area)
+def propose(image: np.ndarray, anomaly_map: np.ndarray, threshold: float, segmenter: PromptSegmenter,
+            key: str | None = None, min_area: int = 16) -> list[Proposal]:
+    """Proposed masks for one image from its anomaly map (any model's: a map on the model's own grid, as the
+    RGB + 3D model's, is brought to the image's size first)."""
+    h, w = image.shape[:2]
+    if anomaly_map.shape[:2] != (h, w):
+        anomaly_map = cv2.resize(anomaly_map.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    prompts = prompts_from_map(anomaly_map, threshold, min_area)
     if not prompts:
         return []
     emb = segmenter.embed(image, key)
@@ -96,34 +101,33 @@ def propose_masks(
     device: str = "auto", progress: Progress | None = None,
 ) -> dict:
     """Proposals for every image of a dataset, written to OUT/proposals.json keyed like the GUI's browser."""
-    anomaly = AnomalyModel(model_dir, device=device)
+    anomaly = open_model(model_dir, device)
     segmenter = PromptSegmenter(segmenter_dir, device=device, cache_size=2)
     root = Path(data)
     ds = load_dataset(root, category=category)
-    samples = [s for s in ds.samples if splits is None or s.split in splits]
+    samples = select_samples(ds.samples, splits)
     if not samples:
         raise DefectScopeError(f"{root}: no images to propose masks for")
-    report = progress or (lambda _f, _m: None)
+    level = anomaly.threshold if threshold is None else threshold
     items: dict[str, list[dict]] = {}
     errors: dict[str, str] = {}
-    for n, sample in enumerate(samples):
-        key = sample_key(root, sample)
-        try:
-            image = read_image(sample.image_path)
-        except DefectScopeError as exc:
-            errors[key] = str(exc)
+
+    def message(done: int, total: int) -> str:
+        return f"{done}/{total} images, {sum(map(len, items.values()))} proposals"
+
+    for r in score_samples(anomaly, samples, key=lambda s: sample_key(root, s), progress=progress,
+                           message=message):
+        if not isinstance(r, Scored):
+            errors[r.key] = r.error
             continue
-        found = propose(image, anomaly, segmenter, key, threshold)
+        found = propose(r.image, r.anomaly_map, level, segmenter, r.key)
         if found:
-            items[key] = [p.to_json() for p in found]
-        report((n + 1) / len(samples), f"{n + 1}/{len(samples)} images, {sum(map(len, items.values()))} proposals")
+            items[r.key] = [p.to_json() for p in found]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"model": str(Path(model_dir).resolve()), "segmenter": str(Path(segmenter_dir).resolve()),
                "data": str(root.resolve()), "category": category, "items": items, "errors": errors}
-    tmp = out / f".{PROPOSALS_FILE}.tmp"
-    tmp.write_text(json.dumps(summary))
-    os.replace(tmp, out / PROPOSALS_FILE)
+    atomic_write_text(out / PROPOSALS_FILE, json.dumps(summary))
     return {"proposals": str(out / PROPOSALS_FILE), "n_images": len(samples),
             "n_with_proposals": len(items), "n_proposals": sum(map(len, items.values()))}
 

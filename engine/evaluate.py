@@ -1,21 +1,23 @@
-"""Evaluate an exported model on a dataset's test split through ONNX Runtime (the inspection path)."""
+"""Evaluate an exported model on a dataset's test split through ONNX Runtime (the inspection path), through the
+one scoring loop (engine.scoring)."""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from engine.datasets import DEFECTIVE, GOOD, load_dataset
-from engine.datasets.imageio import read_image, read_mask
+from engine.datasets.imageio import read_mask
 from engine.datasets.splits import resolve_splits
 from engine.errors import DatasetError, DefectScopeError
 from engine.jobs.kinds import EvalParams
 from engine.jobs.registry import Progress
 from engine.metrics import evaluate_anomaly
-from engine.runtime import AnomalyModel
+from engine.runtime.model_format import open_model
+from engine.scoring import Scored, is_ng, score_samples
 
 
 def evaluate(
@@ -26,9 +28,12 @@ def evaluate(
     device: str = "auto",
     progress: Progress | None = None,
 ) -> dict:
-    """Metrics of the model on the labelled test images; writes the JSON report when `report_path` is given."""
-    report = progress or (lambda _f, _m: None)
-    model = AnomalyModel(model_dir, device=device)
+    """Metrics of the model on the labelled test images; writes the JSON report when `report_path` is given.
+
+    Any scoring model (engine.runtime.model_format): an RGB + 3D model scores each part from its image and point
+    cloud, as in the workbench.
+    """
+    model = open_model(model_dir, device)
     dataset = load_dataset(data_root, category=category)
     # The same automatic split as training, for datasets without one (never tests on trained-on images).
     tests = [s for s in resolve_splits(dataset.samples) if s.split == "test" and s.label in (GOOD, DEFECTIVE)]
@@ -38,33 +43,33 @@ def evaluate(
 
     scores, labels, maps, masks, per_image, issues, latencies = [], [], [], [], [], [], []
     any_mask = any(s.mask_path is not None for s in tests if s.label == DEFECTIVE)
-    for i, sample in enumerate(tests):
+    for r in score_samples(model, tests, progress=progress, message=lambda d, t: f"evaluated {d}/{t}"):
+        if not isinstance(r, Scored):
+            issues.append(r.error)
+            continue
+        sample = r.sample
         try:
-            image = read_image(sample.image_path)
             mask = None
             if sample.label == DEFECTIVE and sample.mask_path is not None:
-                mask = read_mask(sample.mask_path, shape=image.shape[:2])
+                mask = _mask_at(read_mask(sample.mask_path, shape=r.image.shape[:2]), r.anomaly_map.shape[:2])
         except DefectScopeError as exc:
             issues.append(str(exc))
             continue
-        t0 = time.perf_counter()
-        pred = model.predict(image)
-        latencies.append((time.perf_counter() - t0) * 1000.0)
-        scores.append(pred.score)
+        latencies.append(r.latency_ms)
+        scores.append(r.score)
         labels.append(1 if sample.label == DEFECTIVE else 0)
         if any_mask and (sample.label == GOOD or mask is not None):
-            maps.append(pred.anomaly_map.astype(np.float32, copy=False))
-            masks.append(mask if mask is not None else np.zeros(image.shape[:2], dtype=bool))
+            maps.append(r.anomaly_map.astype(np.float32, copy=False))
+            masks.append(mask if mask is not None else np.zeros(r.anomaly_map.shape[:2], dtype=bool))
         per_image.append(
             {
                 "path": str(sample.image_path),
                 "label": sample.label,
                 "defect_type": sample.defect_type,
-                "score": round(pred.score, 6),
-                "verdict": "NG" if pred.is_anomalous else "OK",
+                "score": round(r.score, 6),
+                "verdict": r.verdict,
             }
         )
-        report((i + 1) / len(tests), f"evaluated {i + 1}/{len(tests)}")
     if not scores:
         raise DatasetError(f"{data_root}: none of the {len(tests)} test images could be read")
 
@@ -82,6 +87,9 @@ def evaluate(
         "n_defective": int(sum(labels)),
         "latency_ms": round(float(np.median(steady)), 3),
         "provider": model.provider,
+        "model_kind": model.info.kind,
+        "score_units": model.info.score_units,
+        "notes": list(model.notes),
         "model_threshold": model.threshold,
         "at_model_threshold": _confusion(scores, labels, model.threshold),
         "per_defect_type": _per_defect(per_image),
@@ -99,9 +107,8 @@ def evaluate(
 
 
 def _confusion(scores: list[float], labels: list[int], threshold: float) -> dict:
-    s = np.asarray(scores)
     y = np.asarray(labels, dtype=bool)
-    pred = s >= threshold
+    pred = is_ng(np.asarray(scores), threshold)
     n_good, n_def = int((~y).sum()), int(y.sum())
     return {
         "false_positives": int((pred & ~y).sum()),
@@ -109,6 +116,14 @@ def _confusion(scores: list[float], labels: list[int], threshold: float) -> dict
         "false_positive_rate": float((pred & ~y).sum() / n_good) if n_good else None,
         "recall": float((pred & y).sum() / n_def) if n_def else None,
     }
+
+
+def _mask_at(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The ground truth at the map's size: the image models' maps are at image size, the RGB + 3D model's on its
+    own square grid (nearest-neighbour, as its own evaluation does)."""
+    if mask.shape == tuple(shape):
+        return mask
+    return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
 
 
 def _per_defect(per_image: list[dict]) -> dict:

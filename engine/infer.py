@@ -1,16 +1,20 @@
-"""Batch inference for the CLI: heatmap overlays and a scores JSON for images and folders."""
+"""Batch inference for the CLI: heatmap overlays plus a predictions folder (engine.predictions, the schema the
+GUI reads) for images and folders, with any scoring model (engine.runtime.model_format)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
+import numpy as np
 
-from engine.datasets.imageio import is_image_file, read_image
+from engine.datasets.imageio import is_image_file
+from engine.datasets.types import Sample
 from engine.errors import DefectScopeError
-from engine.runtime import AnomalyModel
+from engine.predictions import PredictionItem, PredictionsWriter
+from engine.runtime.model_format import open_model
 from engine.runtime.visualize import overlay_heatmap
+from engine.scoring import NG, Scored, score_samples
 
 
 def collect_images(inputs: list[str | Path]) -> list[tuple[Path, str]]:
@@ -35,38 +39,46 @@ def collect_images(inputs: list[str | Path]) -> list[tuple[Path, str]]:
 
 
 def infer(model_dir: str | Path, inputs: list[str | Path], out_dir: str | Path, device: str = "auto") -> dict:
-    model = AnomalyModel(model_dir, device=device)
+    """Score loose image files into OUT (scores.json + maps/ + one `<name>_heatmap.png` overlay per image).
+
+    Returns a summary: provider, threshold, notes, `results` (path, score, verdict, heatmap per scored image) and
+    `errors` (path, error per unreadable one). Items are keyed by their output name; they have no split.
+    """
+    model = open_model(model_dir, device)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results, errors, used = [], [], set()
+    used: set[str] = set()
+    names: dict[int, str] = {}  # by sample identity: the same file given twice gets two names
+    samples = []
     for path, stem in collect_images(inputs):
-        try:
-            image = read_image(path)
-        except DefectScopeError as exc:
-            errors.append({"path": str(path), "error": exc.reason if hasattr(exc, "reason") else str(exc)})
+        samples.append(Sample(image_path=path))
+        names[id(samples[-1])] = _unique(stem, used)
+    writer = PredictionsWriter(out)
+    results, errors = [], []
+    for r in score_samples(model, samples, key=lambda s: names[id(s)]):
+        path = r.sample.image_path
+        if not isinstance(r, Scored):
+            reason = r.error.removeprefix(f"{path}: ")
+            writer.error(r.key, r.error)
+            errors.append({"path": str(path), "error": reason})
             continue
-        pred = model.predict(image)
-        name = _unique(stem, used)
-        heat_path = out / f"{name}_heatmap.png"
-        overlay = overlay_heatmap(image, pred.anomaly_map, model.threshold)
-        cv2.imwrite(str(heat_path), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-        results.append(
-            {
-                "path": str(path),
-                "score": round(pred.score, 6),
-                "verdict": "NG" if pred.is_anomalous else "OK",
-                "heatmap": heat_path.name,
-            }
-        )
-    summary = {
-        "model": str(Path(model_dir).resolve()),
-        "provider": model.provider,
-        "threshold": model.threshold,
-        "results": results,
-        "errors": errors,
-    }
-    (out / "scores.json").write_text(json.dumps(summary, indent=2))
-    return summary
+        heat_name = f"{r.key}_heatmap.png"
+        overlay = overlay_heatmap(r.image, _at_image_size(r.anomaly_map, r.image.shape[:2]), model.threshold)
+        cv2.imwrite(str(out / heat_name), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+        item = writer.add(r.key, PredictionItem(str(path), r.score, r.verdict, extra={"heatmap": heat_name}),
+                          r.anomaly_map)
+        results.append({"path": item.path, "score": round(r.score, 6), "verdict": r.verdict, "heatmap": heat_name})
+    writer.finish(model=model_dir, threshold=model.threshold, provider=model.provider,
+                  score_units=model.info.score_units, notes=model.notes)
+    return {"model": str(Path(model_dir).resolve()), "scores": str(out / "scores.json"), "provider": model.provider,
+            "threshold": model.threshold, "notes": list(model.notes), "results": results, "errors": errors,
+            "n_ng": sum(r["verdict"] == NG for r in results)}
+
+
+def _at_image_size(amap: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A map at the image's size for the overlay (the RGB + 3D model's maps are on its own square grid)."""
+    if amap.shape[:2] == tuple(shape):
+        return amap
+    return cv2.resize(amap.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
 def _unique(stem: str, used: set[str]) -> str:

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from engine.predictions import read_predictions
 from tests.conftest import DEMO_CATEGORY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,24 +94,28 @@ def test_infer_writes_heatmaps_and_the_same_scores_as_eval(trained_model, demo_d
     )
     proc = run_cli("infer", "--model", str(trained_model), "--out", str(out), str(test_dir), code=code)
     assert proc.returncode == 0, proc.stderr
-    scores = json.loads((out / "scores.json").read_text())
+    # the one predictions schema: what score_dataset writes and the GUI reads
+    preds = read_predictions(out)
+    rows = list(preds.items.values())
     n_images = len(list(test_dir.rglob("*.png")))
-    assert len(scores["results"]) == n_images
-    names = [r["heatmap"] for r in scores["results"]]
+    assert len(rows) == n_images
+    names = [r.extra["heatmap"] for r in rows]
     assert len(set(names)) == n_images  # test/<defect>/000.png files all get distinct names
-    for row in scores["results"]:
-        assert row["heatmap"].startswith(Path(row["path"]).parent.name + "_")
-    for row in scores["results"]:
-        heat = cv2.imread(str(out / row["heatmap"]))
-        src = cv2.imread(row["path"])
+    for key, row in preds.items.items():
+        assert row.extra["heatmap"] == f"{key}_heatmap.png"
+        assert row.extra["heatmap"].startswith(Path(row.path).parent.name + "_")
+        assert row.split is None and row.verdict == ("NG" if row.score >= preds.threshold else "OK")
+        heat = cv2.imread(str(out / row.extra["heatmap"]))
+        src = cv2.imread(row.path)
         assert heat is not None and heat.shape == src.shape
+        assert preds.anomaly_map(key) is not None
     # one inference path: eval and infer give the same score for the same file
     report = tmp_path / "r.json"
     assert run_cli("eval", "--model", str(trained_model), "--data", str(demo_data), "--category", DEMO_CATEGORY,
                    "--report", str(report)).returncode == 0
     by_path = {r["path"]: r["score"] for r in json.loads(report.read_text())["per_image"]}
-    for row in scores["results"]:
-        assert row["score"] == pytest.approx(by_path[row["path"]], abs=1e-5)
+    for row in rows:
+        assert row.score == pytest.approx(by_path[row.path], abs=1e-5)
 
 
 def test_infer_skips_a_corrupt_file_and_scores_the_rest(trained_model, demo_data, tmp_path):
@@ -121,9 +126,9 @@ def test_infer_skips_a_corrupt_file_and_scores_the_rest(trained_model, demo_data
     (folder / "broken.png").write_bytes(good.read_bytes()[:200])
     proc = run_cli("infer", "--model", str(trained_model), "--out", str(tmp_path / "o"), str(folder))
     assert proc.returncode == 0, proc.stderr
-    scores = json.loads((tmp_path / "o" / "scores.json").read_text())
-    assert [Path(r["path"]).name for r in scores["results"]] == ["ok.png"]
-    assert scores["errors"][0]["path"].endswith("broken.png")
+    preds = read_predictions(tmp_path / "o")
+    assert [Path(r.path).name for r in preds.items.values()] == ["ok.png"]
+    assert list(preds.errors) == ["broken"] and "broken.png" in preds.errors["broken"]
     assert "broken.png" in proc.stderr
 
 

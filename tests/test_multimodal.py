@@ -176,3 +176,41 @@ def test_an_engine_without_open3d_scores_3d_parts_from_rgb_and_says_so(model_dir
     part = demo3d / "dome" / "test" / "dent" / "rgb" / "000.png"
     item = next(v for k, v in summary["items"].items() if k.endswith("dent/rgb/000.png"))
     assert item["score"] == pytest.approx(model.predict(rgb_path=part, mode="rgb_with_distilled_geo").score, abs=1e-5)
+
+
+def test_cli_eval_and_infer_score_an_rgb_and_3d_model(model_dir: Path, demo3d: Path, tmp_path: Path) -> None:
+    """`defectscope eval` and `infer` take an RGB + 3D model like any other (they used to load only the
+    memory-bank format): eval scores each test part from its image and point cloud, infer scores loose images
+    with the distilled 3D stand-in and says so."""
+    from tests.test_cli import run_cli
+
+    report = tmp_path / "r.json"
+    proc = run_cli("eval", "--model", str(model_dir), "--data", str(demo3d), "--category", "dome",
+                   "--report", str(report))
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(report.read_text())
+    ds = load_dataset(demo3d / "dome")
+    assert r["model_kind"] == "multimodal" and r["score_units"] == "good_std"
+    assert r["n_test"] == sum(1 for s in ds.samples if s.split == "test") and not r["issues"]
+    assert r["image_auroc"] >= 0.75 and r["pixel_auroc"] >= 0.8  # the 'both' mode's floor above
+    model = mm.MultimodalModel(model_dir)
+    part = demo3d / "dome" / "test" / "dent"
+    by_path = {row["path"]: row for row in r["per_image"]}
+    row = by_path[str(part / "rgb" / "000.png")]
+    both = model.predict(part / "rgb" / "000.png", part / "xyz" / "000.tiff", cache_dir=tmp_path / "c")
+    assert row["score"] == pytest.approx(both.score, abs=1e-5)
+    assert row["verdict"] == ("NG" if both.score >= r["model_threshold"] else "OK")
+
+    out = tmp_path / "infer"
+    proc = run_cli("infer", "--model", str(model_dir), "--out", str(out), str(part / "rgb"))
+    assert proc.returncode == 0, proc.stderr
+    assert "distilled 3D stand-in" in proc.stdout
+    from engine.predictions import read_predictions
+
+    preds = read_predictions(out)
+    assert len(preds.items) == len(list((part / "rgb").glob("*.png"))) and preds.score_units == "good_std"
+    assert len(preds.notes) == 1 and "no point cloud" in preds.notes[0]
+    item = preds.items["000"]
+    stand_in = model.predict(rgb_path=part / "rgb" / "000.png", mode="rgb_with_distilled_geo")
+    assert item.score == pytest.approx(stand_in.score, abs=1e-5)
+    assert (out / item.extra["heatmap"]).is_file() and preds.anomaly_map("000").shape == (128, 128)

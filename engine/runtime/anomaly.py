@@ -1,7 +1,8 @@
 """Run an exported anomaly model (model.onnx + model.json) on images: the one inference path.
 
-The GUI, the CLI and the engine all call `AnomalyModel.predict`, which feeds the original image to the ONNX graph;
-resizing, normalisation and score normalisation live inside the graph, so a score is the same everywhere.
+The GUI, the CLI and the engine all reach `AnomalyModel.predict` (through `AnomalyScorer`, what
+engine.runtime.model_format opens for memory-bank and unified folders), which feeds the original image to the ONNX
+graph; resizing, normalisation and score normalisation live inside the graph, so a score is the same everywhere.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import numpy as np
 
 from engine.datasets.imageio import read_image
 from engine.errors import ModelError
+from engine.runtime.model_format import MODEL_FILE, BaseScorer, ModelInfo, ScoringInput
+from engine.runtime.model_format import MODEL_METADATA_FILE as METADATA_FILE
 from engine.runtime.session import create_session
 
-MODEL_FILE = "model.onnx"
-METADATA_FILE = "model.json"
+__all__ = ["METADATA_FILE", "MODEL_FILE", "AnomalyModel", "AnomalyScorer", "Prediction"]
 
 
 @dataclass
@@ -65,3 +67,17 @@ class AnomalyModel:
 
     def predict_path(self, path: str | Path, threshold: float | None = None) -> Prediction:
         return self.predict(read_image(path), threshold)
+
+
+class AnomalyScorer(BaseScorer):
+    """The scorer of a model.onnx + model.json folder (memory-bank and unified models share the graph's contract)."""
+
+    def __init__(self, info: ModelInfo, device: str = "auto") -> None:
+        self.info = info
+        self.model = AnomalyModel(info.folder, device=device)
+        self.threshold, self.provider = self.model.threshold, self.model.provider
+        self.notes: list[str] = []
+
+    def predict(self, inputs: ScoringInput) -> tuple[float, np.ndarray]:
+        pred = self.model.predict(inputs.image)
+        return pred.score, pred.anomaly_map

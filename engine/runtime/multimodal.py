@@ -36,11 +36,13 @@ import cv2
 import numpy as np
 
 from engine.datasets.imageio import read_image
+from engine.datasets.types import Sample
 from engine.errors import DefectScopeError
+from engine.runtime.model_format import MULTIMODAL_BANKS_FILE as BANKS_FILE
+from engine.runtime.model_format import MULTIMODAL_METADATA_FILE as METADATA_FILE
+from engine.runtime.model_format import BaseScorer, ModelInfo, ScoringInput
 from engine.runtime.session import create_session
 
-METADATA_FILE = "multimodal.json"
-BANKS_FILE = "banks.npz"
 RGB_FEATURES_FILE = "rgb_features.onnx"
 RGB_TO_GEO_FILE = "rgb_to_geo.onnx"
 GEO_TO_RGB_FILE = "geo_to_rgb.onnx"
@@ -165,13 +167,15 @@ class MultimodalModel:
         center, scale = self.norm.get(f"{source}>{self.bank_of(source)}", (0.0, 1.0))
         return (self.pixel_normalised(raw, source) - center) / scale
 
-    def predict(self, rgb_path: str | Path | None = None, xyz_path: str | Path | None = None,
+    def predict(self, rgb_path: str | Path | np.ndarray | None = None, xyz_path: str | Path | None = None,
                 mode: str | None = None, cache_dir: str | Path | None = None) -> MultimodalPrediction:
-        """Score one part from whatever is given; `mode` (see MODES) defaults to the best the inputs allow."""
+        """Score one part from whatever is given (the RGB image as a file or an already decoded array); `mode`
+        (see MODES) defaults to the best the inputs allow."""
         if rgb_path is None and xyz_path is None:
             raise DefectScopeError("give an RGB image, a point cloud, or both")
         if mode is None:
-            mode = "both" if rgb_path and xyz_path else "rgb_with_distilled_geo" if rgb_path else (
+            has_rgb, has_geo = rgb_path is not None, xyz_path is not None
+            mode = "both" if has_rgb and has_geo else "rgb_with_distilled_geo" if has_rgb else (
                 "geo_with_distilled_rgb")
         if mode not in MODES:
             raise DefectScopeError(f"unknown mode '{mode}'; known: {', '.join(MODES)}")
@@ -186,12 +190,14 @@ class MultimodalModel:
                                  {s for s in (rgb_source, geo_source) if s}, cache_dir)
         return self.fuse(rows, mode, opened)
 
-    def rows(self, rgb_path: str | Path | None, xyz_path: str | Path | None, sources: set[str],
+    def rows(self, rgb_path: str | Path | np.ndarray | None, xyz_path: str | Path | None, sources: set[str],
              cache_dir: str | Path | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
         """Feature rows per source in `sources` from the files given (only those are opened)."""
         opened: list[str] = []
         rows: dict[str, np.ndarray] = {}
-        if rgb_path is not None:
+        if isinstance(rgb_path, np.ndarray):
+            rows["rgb"] = self.features_rgb(rgb_path)
+        elif rgb_path is not None:
             rows["rgb"] = self.features_rgb(read_image(rgb_path))
             opened.append(str(rgb_path))
         if xyz_path is not None:
@@ -208,3 +214,46 @@ class MultimodalModel:
         maps = {s: self.normalised(self.raw_map(rows[s], s), s) for s in MODES[mode] if s}
         fused = np.mean(np.stack(list(maps.values())), 0).astype(np.float32)
         return MultimodalPrediction(float(fused.max()), fused, maps, list(opened or []))
+
+
+NO_OPEN3D_NOTE = ("open3d is not installed with this engine: parts were scored from their RGB image with the "
+                  "distilled 3D stand-in, not from their point clouds (install the '3d' extra to use both sensors)")
+NO_CLOUD_NOTE = ("no point cloud was given: images were scored from RGB with the distilled 3D stand-in (the "
+                 "model's missing-sensor mode)")
+
+
+class MultimodalScorer(BaseScorer):
+    """The RGB + 3D model as a scorer: each part is scored from what it has (both sensors, or its image with the
+    distilled 3D stand-in), and the notes say when a stand-in was used."""
+
+    def __init__(self, info: ModelInfo, device: str = "auto") -> None:
+        self.info = info
+        self.model = MultimodalModel(info.folder)
+        self.threshold = float(info.threshold if info.threshold is not None else 3.0)
+        self.provider = "CPUExecutionProvider"  # the parts are small; MultimodalModel runs them on the CPU
+        self.cache = Path(info.folder) / "cache" / "clouds"
+        self.notes: list[str] = []
+        # 3D features need open3d (the '3d' extra), which the inspection-PC installer leaves out (900 MB). Such
+        # an install still scores RGB + 3D parts, from the image with the distilled 3D stand-in (the model's
+        # missing-sensor mode), and says so, rather than failing every part.
+        try:
+            import open3d  # noqa: F401
+
+            self.geometry = True
+        except ImportError:
+            self.geometry = False
+
+    def read(self, sample: Sample) -> ScoringInput:
+        from engine.datasets.pointcloud import cloud_path
+
+        return ScoringInput(read_image(sample.image_path), Path(sample.image_path), cloud_path(sample.extra))
+
+    def predict(self, inputs: ScoringInput) -> tuple[float, np.ndarray]:
+        xyz = inputs.cloud_path
+        if xyz is None:
+            self.note(NO_CLOUD_NOTE)
+        elif not self.geometry:
+            xyz = None
+            self.note(NO_OPEN3D_NOTE)
+        pred = self.model.predict(inputs.image, xyz, cache_dir=self.cache)
+        return pred.score, pred.anomaly_map

@@ -14,12 +14,12 @@ import onnxruntime as ort
 import torch
 
 from engine.datasets.imageio import read_image
+from engine.runtime.model_format import MODEL_FILE
+from engine.runtime.model_format import MODEL_METADATA_FILE as METADATA_FILE
 from trainers.common.io import atomic_write
 from trainers.common.onnx_graph import CORE_INPUT, CORE_OUTPUTS, compose_anomaly_model, preprocess_model
 from trainers.patchcore.model import PatchCoreModel, PatchFeatures
 
-MODEL_FILE = "model.onnx"
-METADATA_FILE = "model.json"
 STATE_FILE = "torch_state.pt"  # bank and calibration, to rebuild the torch model (re-export, fine-tuning)
 PARITY_TOLERANCE = 1e-4
 

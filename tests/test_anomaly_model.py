@@ -199,3 +199,18 @@ def test_score_dataset_job_scores_every_image_with_maps_under_browser_keys(train
         assert abs(item["score"] - model.predict_path(sample.image_path).score) < 1e-5
         amap = np.load(tmp_path / "pred" / item["map"])
         assert amap.dtype == np.float16 and max(amap.shape) <= 256 and item["label"] == sample.label
+
+
+def test_parity_check_compares_raw_images_and_can_fail(trained_model):
+    """The export's parity check gives torch and ONNX the same raw image, each preprocessing it itself: it passes
+    for the real export and fails when one side's preprocessing differs (here: the other resize policy)."""
+    from trainers.patchcore.export import PARITY_TOLERANCE, load_torch_model, parity
+
+    meta = json.loads((trained_model / "model.json").read_text())
+    model = load_torch_model(trained_model)
+    onnx_bytes = (trained_model / "model.onnx").read_bytes()
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in [(300, 97), (200, 410)]]
+    assert parity(model, onnx_bytes, meta["input_size"], images, meta["resize"]) < PARITY_TOLERANCE
+    other = next(p for p in RESIZE_POLICIES if p != meta["resize"])
+    assert parity(model, onnx_bytes, meta["input_size"], images, other) > 100 * PARITY_TOLERANCE

@@ -17,7 +17,8 @@ from engine.datasets.imageio import read_image
 from engine.runtime.model_format import MODEL_FILE
 from engine.runtime.model_format import MODEL_METADATA_FILE as METADATA_FILE
 from trainers.common.io import atomic_write
-from trainers.common.onnx_graph import CORE_INPUT, CORE_OUTPUTS, compose_anomaly_model, preprocess_model
+from trainers.common.onnx_graph import CORE_INPUT, CORE_OUTPUTS, compose_anomaly_model
+from trainers.common.torch_preprocess import preprocess_torch
 from trainers.patchcore.model import PatchCoreModel, PatchFeatures
 
 STATE_FILE = "torch_state.pt"  # bank and calibration, to rebuild the torch model (re-export, fine-tuning)
@@ -50,15 +51,18 @@ def export_core(model: PatchCoreModel, image_size: int) -> onnx.ModelProto:
 def parity(
     model: PatchCoreModel, onnx_bytes: bytes, image_size: int, images: list[np.ndarray], policy: str
 ) -> float:
-    """Max |score_torch - score_onnx| (normalised units) over `images`; both paths see the same pixels."""
+    """Max |score_torch - score_onnx| (normalised units) over `images`.
+
+    Each side gets the same RAW uint8 image and does its own preprocessing (torch through
+    trainers.common.torch_preprocess, ONNX inside the graph), so a resize or normalisation that differs between
+    training and the exported graph shows up here instead of in the field.
+    """
     full = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    pre = ort.InferenceSession(preprocess_model(image_size, policy).SerializeToString(), providers=["CPUExecutionProvider"])
     worst = 0.0
     for img in images:
         onnx_score = full.run(None, {"image": img})[0]
-        x = torch.from_numpy(pre.run(None, {"image": img})[0])
         with torch.inference_mode():
-            torch_score = model(x)[0].numpy()
+            torch_score = model(preprocess_torch(img, image_size, policy))[0].numpy()
         worst = max(worst, float(np.abs(onnx_score - torch_score).max()))
     return worst
 

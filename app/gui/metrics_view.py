@@ -142,6 +142,10 @@ class MetricsView(QWidget):
         layout.addWidget(self.histogram, 1, 0)
         layout.addWidget(self.recall_table, 1, 1)
         layout.addWidget(self.summary, 2, 0, 1, 2)
+        # Which images the figures count (e.g. the test split only, as `defectscope eval`): set by the caller.
+        self.scope_label = QLabel(wordWrap=True)
+        self.scope_label.setStyleSheet("color: #555;")
+        layout.addWidget(self.scope_label, 3, 0, 1, 2)
         layout.setRowStretch(0, 1)
         layout.setRowStretch(1, 1)
         self._clear("No results yet.")
@@ -193,6 +197,11 @@ class MetricsView(QWidget):
 
     def threshold(self) -> float | None:
         return self._threshold
+
+    def set_scope(self, text: str) -> None:
+        """One line saying which images the figures include."""
+        self.scope_label.setText(text)
+        self.scope_label.setVisible(bool(text))
 
     # ------------------------------------------------------------------------------------------------ drawing
 

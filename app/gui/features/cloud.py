@@ -19,7 +19,7 @@ class CloudFeature(Feature):
         super().__init__(window)
         self.view: Any = None  # app.gui.cloud_view.CloudView, made on first use
         self.cloud_key: str | None = None
-        self._pixel_marker: Any = None
+        self.pixel_marker: Any = None
         window.image_view.image_shown.connect(self._on_image_shown)
 
     def _ensure_view(self) -> Any:
@@ -32,8 +32,8 @@ class CloudFeature(Feature):
             self.view = CloudView()
             w.add_dock(DOCK_TITLE, self.view, Qt.DockWidgetArea.RightDockWidgetArea)
             self.view.pixel_selected.connect(self._on_cloud_pixel)
-            self._pixel_marker = pg.ScatterPlotItem(size=14, pen=pg.mkPen("r", width=2), brush=None)
-            w.image_view.view_box.addItem(self._pixel_marker)
+            self.pixel_marker = pg.ScatterPlotItem(size=14, pen=pg.mkPen("r", width=2), brush=None)
+            w.image_view.view_box.addItem(self.pixel_marker)
             w.image_view.view_box.scene().sigMouseClicked.connect(self._on_image_click)
         return self.view
 
@@ -65,8 +65,8 @@ class CloudFeature(Feature):
             if key == w.shown_key:
                 self.cloud_key = key
                 view.set_cloud(result[0], result[1], amap)
-                if self._pixel_marker is not None:
-                    self._pixel_marker.clear()
+                if self.pixel_marker is not None:
+                    self.pixel_marker.clear()
 
         w.background(load, show, lambda msg: (view.set_cloud(None), w.status_message.emit(msg)))
 
@@ -97,7 +97,7 @@ class CloudFeature(Feature):
         if scale is None:
             return False
         ok = self.view.select_pixel(int(row * scale[0]), int(col * scale[1]))
-        self._pixel_marker.setData([col + 0.5], [row + 0.5])
+        self.pixel_marker.setData([col + 0.5], [row + 0.5])
         if not ok:
             self.window.status_message.emit(f"Pixel ({col}, {row}) has no measured 3D point.")
         return ok
@@ -107,6 +107,6 @@ class CloudFeature(Feature):
         if scale is None:
             return
         r, c = (row + 0.5) / scale[0], (col + 0.5) / scale[1]
-        self._pixel_marker.setData([c], [r])
+        self.pixel_marker.setData([c], [r])
         x, y, z = (float(v) for v in self.view.xyz[row, col])
         self.window.status_message.emit(f"Pixel ({int(c)}, {int(r)}): x {x:.2f}, y {y:.2f}, z {z:.2f}")

@@ -1,11 +1,7 @@
-"""The workbench's main window: layout and navigation only. Browser | image view | review panel in the middle,
-the features' docks below (their table: app.gui.features.FEATURES), the open dataset and review decisions.
-
-Each feature (scoring and metrics, annotation, the 3D view, training, the unified model, ...) is a controller
-that owns its dock, its menu actions and the outcomes of the jobs it submits (EngineLink.submit(on_finished=)):
-nothing here knows about job kinds. Everything slow happens elsewhere: datasets load and masks decode on the task
-pool, thumbnails and images on their own pools, scoring and training in the engine (reached only through
-EngineLink). The GUI thread only moves small results into widgets.
+"""The workbench's main window: layout and navigation only (browser | image view | review panel, the open
+dataset and its review decisions). Each feature in app.gui.features.FEATURES is a controller owning its dock, menu
+actions and the outcomes of the jobs it submits (EngineLink.submit(on_finished=)): nothing here knows job kinds.
+Everything slow runs off the GUI thread (app.gui.tasks) or in the engine; the GUI thread moves small results.
 """
 
 from __future__ import annotations
@@ -19,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import shiboken6
-from PySide6.QtCore import QByteArray, QSettings, Qt, Signal
+from PySide6.QtCore import QByteArray, Qt, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QDockWidget,
@@ -27,15 +23,13 @@ from PySide6.QtWidgets import (
     QLabel,
     QMainWindow,
     QMenu,
-    QMessageBox,
     QSplitter,
     QVBoxLayout,
     QWidget,
 )
 
 from app.gui.browser import BrowserWidget
-from app.gui.contracts import default_data_home
-from app.gui.engine_link import EngineLink
+from app.gui.engine_link import EngineLink, gui_settings
 from app.gui.features import FEATURES, MenuEntry
 from app.gui.image_view import ImageView
 from app.gui.review_panel import ReviewPanel
@@ -143,13 +137,12 @@ class MainWindow(QMainWindow):
         return act
 
     def _build_file_menu(self) -> None:
-        entries = [("&Open dataset folder…", self.choose_dataset, "Ctrl+O", False),
-                   ("Open &demo dataset", self.open_demo, None, False),
-                   ("&Export decisions as CSV…", self.choose_export_csv, "Ctrl+E", True),
-                   ("Save &screenshot…", self.choose_screenshot, None, False),
-                   ("&Quit", self.close, "Ctrl+Q", True)]
-        for text, slot, shortcut, separator in entries:
-            self._add_action(MenuEntry("&File", text, slot, shortcut, separator))
+        for entry in (MenuEntry("&File", "&Open dataset folder…", self.choose_dataset, "Ctrl+O"),
+                      MenuEntry("&File", "Open &demo dataset", self.open_demo),
+                      MenuEntry("&File", "&Export decisions as CSV…", self.choose_export_csv, "Ctrl+E", True),
+                      MenuEntry("&File", "Save &screenshot…", self.choose_screenshot),
+                      MenuEntry("&File", "&Quit", self.close, "Ctrl+Q", True)):
+            self._add_action(entry)
 
     def _build_shortcuts(self) -> None:
         # Window-wide keys; text fields swallow their own keys first (Qt's ShortcutOverride), so typing a note
@@ -342,8 +335,7 @@ class MainWindow(QMainWindow):
         if path:
             self.grab().save(path)
 
-    def settings(self) -> QSettings:
-        return QSettings(str(default_data_home() / "gui.ini"), QSettings.Format.IniFormat)
+    settings = staticmethod(gui_settings)  # the GUI's ini file in the data home
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.review.flush_note()
@@ -355,6 +347,3 @@ class MainWindow(QMainWindow):
         self._closed = True
         wait_for_background(5000)
         super().closeEvent(event)
-
-    def confirm(self, text: str) -> bool:
-        return QMessageBox.question(self, "DefectScope", text) == QMessageBox.StandardButton.Yes

@@ -164,8 +164,13 @@ def test_score_dataset_on_a_remote_engine_names_the_model_by_its_artifact_ref(qt
     assert window.models.model_dir == Path(activated.args[0])
     assert not str(activated.args[0]).startswith(str(data_root))  # a workbench folder, not the engine's
 
-    with qtbot.waitSignal(window.scoring.predictions_loaded, timeout=240_000):
-        window.scoring.score_dataset()
+    # What Score dataset sends as `model`: the engine's own name for its model, not the download cache's path.
+    assert window.link.engine_path(window.models.model_dir) == artifact_ref(trained[0].id, "model")
+    loaded: list[int] = []
+    window.scoring.predictions_loaded.connect(loaded.append)
+    window.scoring.score_dataset()
+    qtbot.waitUntil(lambda: bool(loaded) or "Scor" in window.banner.text(), timeout=240_000)
+    assert loaded, window.banner.text()  # the engine resolved the ref (C3), scored, and the scores came back
     [job] = [j for j in window.link.jobs if j.kind == "score_dataset"]
     assert job.params["model"] == artifact_ref(trained[0].id, "model")
     key = window.browser.visible_keys()[0]

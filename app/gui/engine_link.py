@@ -455,16 +455,23 @@ class EngineLink(QObject):
         folder = Path(folder)
         if self.is_local:
             return str(folder)
+        ref = self.artifact_ref_for(folder, prefix)
+        if ref is not None:
+            return ref
+        raise DefectScopeError(
+            f"{folder} is a folder on this computer; the remote engine at {self._url or 'its address'} cannot "
+            f"read it. Use a {prefix} the engine trained (Models panel), or switch to the local engine "
+            "(Engine ▸ Settings); sending models to a remote engine is not supported yet.")
+
+    def artifact_ref_for(self, folder: Path, prefix: str = "model") -> str | None:
+        """job:<id>/<prefix> when `folder` is this engine's job output downloaded here, else None."""
         for (job_id, name), path in self._fetched.items():
             if name == prefix and _same_path(path, folder):
                 return artifact_ref(job_id, name)
         for job in self._jobs:  # downloaded in an earlier session: the cache folder names the job
             if job.state == "succeeded" and _same_path(artifact_cache_dir(job.id, prefix), folder):
                 return artifact_ref(job.id, prefix)
-        raise DefectScopeError(
-            f"{folder} is a folder on this computer; the remote engine at {self._url or 'its address'} cannot "
-            f"read it. Use a {prefix} the engine trained (Models panel), or switch to the local engine "
-            "(Engine ▸ Settings); sending models to a remote engine is not supported yet.")
+        return None
 
 
 def _same_path(a: Path, b: Path) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from app.gui.contracts import JobView
 from app.gui.features.base import Feature, MenuEntry
 from app.gui.job_dialog import EvalDialog, TrainDialog
@@ -33,5 +35,9 @@ class TrainingFeature(Feature):
                             w.dataset.categories if w.dataset else [], w,
                             models=w.models.panel.models(), check_paths=w.link.is_local)
         if dialog.exec():
-            w.link.submit("eval", dialog.params(), on_finished=self.report_failure("Evaluation"),
+            params = dialog.params()
+            # A model downloaded from a remote engine is named to it by its job; a typed path is the engine's own.
+            ref = None if w.link.is_local else w.link.artifact_ref_for(Path(params["model"]))
+            w.link.submit("eval", {**params, "model": ref or params["model"]},
+                          on_finished=self.report_failure("Evaluation"),
                           on_error=lambda m: w.show_error(f"Evaluation: {m}"))

@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
 
 from app.gui.browser import BrowserWidget
 from app.gui.engine_link import EngineLink, gui_settings
-from app.gui.features import FEATURES, MenuEntry
+from app.gui.features import FEATURES, Feature, MenuEntry
 from app.gui.image_view import ImageView
 from app.gui.review_panel import ReviewPanel
 from app.gui.tasks import run_in_background, wait_for_background
@@ -101,7 +101,7 @@ class MainWindow(QMainWindow):
     # ----------------------------------------------------------------- construction
     def _build_features(self) -> None:
         """Every row of the feature table: its controller (window.<name>), its dock, its menu actions."""
-        self.features = {}
+        self.features: dict[str, Feature] = {}
         docks: list[QDockWidget] = []
         for row in FEATURES:
             feature = row.controller(self)

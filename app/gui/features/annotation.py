@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtWidgets import QDockWidget, QWidget
 
@@ -15,9 +15,12 @@ from app.gui.contracts import JobView, default_data_home
 from app.gui.features.base import Feature, MenuEntry
 from engine.errors import DefectScopeError
 
+if TYPE_CHECKING:
+    from app.gui.main_window import MainWindow
+
 
 class AnnotationFeature(Feature):
-    def __init__(self, window) -> None:
+    def __init__(self, window: MainWindow) -> None:
         super().__init__(window)
         # What "Train segmenter" asks of the engine besides the data (the job kind's defaults otherwise).
         self.segmenter_job_params: dict[str, Any] = {"synthetic_images": 300}

@@ -3,7 +3,7 @@ is not set up for 2D-only work); a click on the image highlights the 3D point un
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PySide6.QtCore import Qt
@@ -14,8 +14,12 @@ from engine.datasets.types import Sample
 DOCK_TITLE = "3D"
 
 
+if TYPE_CHECKING:
+    from app.gui.main_window import MainWindow
+
+
 class CloudFeature(Feature):
-    def __init__(self, window) -> None:
+    def __init__(self, window: MainWindow) -> None:
         super().__init__(window)
         self.view: Any = None  # app.gui.cloud_view.CloudView, made on first use
         self.cloud_key: str | None = None

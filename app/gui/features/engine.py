@@ -3,6 +3,8 @@ and the banner when the engine cannot be reached."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from PySide6.QtWidgets import QLabel, QWidget
 
 from app.gui.engine_link import EngineSettings, load_settings, save_settings
@@ -14,8 +16,12 @@ ENGINE_COLOURS = {"connected": "#2e7d32", "starting": "#ef8f00", "stopped": "#75
                   "unreachable": "#c62828", "unauthorized": "#c62828"}
 
 
+if TYPE_CHECKING:
+    from app.gui.main_window import MainWindow
+
+
 class EngineFeature(Feature):
-    def __init__(self, window) -> None:
+    def __init__(self, window: MainWindow) -> None:
         super().__init__(window)
         self.jobs_panel = JobsPanel(window.link)
         self.label = QLabel()

@@ -7,6 +7,7 @@ for file names here.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QFileDialog, QLabel, QWidget
@@ -19,10 +20,14 @@ from engine.errors import DefectScopeError
 SCORING_TASKS = frozenset({"anomaly", "detector"})  # model tasks that give each image a score (Score dataset)
 
 
+if TYPE_CHECKING:
+    from app.gui.main_window import MainWindow
+
+
 class ModelsFeature(Feature):
     model_changed = Signal(Path)
 
-    def __init__(self, window) -> None:
+    def __init__(self, window: MainWindow) -> None:
         super().__init__(window)
         self.model_dir: Path | None = None
         self.model_info: ModelInfo | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PySide6.QtCore import QSettings, Signal
@@ -28,10 +29,14 @@ MAX_PRO_IMAGES = 2000  # maps and masks held in memory for the PRO curve (256 px
 METRICS_SPLIT = "test"  # as `defectscope eval` (engine/evaluate.py)
 
 
+if TYPE_CHECKING:
+    from app.gui.main_window import MainWindow
+
+
 class ScoringFeature(Feature):
     predictions_loaded = Signal(int)  # images scored
 
-    def __init__(self, window) -> None:
+    def __init__(self, window: MainWindow) -> None:
         super().__init__(window)
         self.predictions: Predictions | None = None
         self.score_set: ScoreSet | None = None  # every scored image: the threshold's impact on the review

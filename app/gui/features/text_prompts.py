@@ -5,13 +5,17 @@ the browser shows that defect type."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.gui.contracts import JobView
 from app.gui.features.base import Feature
 
+if TYPE_CHECKING:
+    from app.gui.main_window import MainWindow
+
 
 class TextPromptsFeature(Feature):
-    def __init__(self, window) -> None:
+    def __init__(self, window: MainWindow) -> None:
         super().__init__(window)
         self._export_pending = False
         self._pending_query: str | None = None

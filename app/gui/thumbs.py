@@ -31,7 +31,7 @@ from PIL import Image
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 from PySide6.QtGui import QImage, QPixmap
 
-from engine.datasets.demo import default_data_home
+from app.gui.contracts import default_data_home
 from engine.datasets.imageio import read_preview
 from engine.errors import ImageReadError
 

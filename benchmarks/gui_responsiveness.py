@@ -103,7 +103,7 @@ def bench_browse_while_training(work: Path) -> dict:
     w.dataset_loaded.connect(loaded.append)
     w.open_dataset(big)
     spin(30_000, lambda: bool(loaded))
-    spin(60_000, lambda: any(j.get("state") == "running" for j in w.jobs_panel.jobs()))
+    spin(60_000, lambda: any(j.state == "running" for j in w.engine.jobs_panel.jobs()))
     shown: list[str] = []
     w.image_view.image_shown.connect(shown.append)
     with StallMeter() as meter:
@@ -112,7 +112,7 @@ def bench_browse_while_training(work: Path) -> dict:
             w.next_image()
         last = w.current_key()
         spin(60_000, lambda: last in shown)
-    running = any(j.get("state") == "running" for j in w.jobs_panel.jobs())
+    running = any(j.state == "running" for j in w.engine.jobs_panel.jobs())
     w.close()
     return {"worst_ms": meter.worst_ms, "p99_ms": meter.p99_ms, "ticks": len(meter.gaps),
             "full_images_shown": len(set(shown)), "training_running": running}

@@ -105,16 +105,16 @@ def _main_window(app, data: Path) -> dict:
     w.show()
     w.open_dataset(root / "dome")
     res: dict = {"opened": _wait(app, lambda: w.dataset is not None and w.current_key() is not None)}
-    res["cloud_shown"] = _wait(app, lambda: w.cloud_view is not None and w.cloud_view.xyz is not None
-                               and w._cloud_key == w.current_key())
+    res["cloud_shown"] = _wait(app, lambda: w.cloud.view is not None and w.cloud.view.xyz is not None
+                               and w.cloud.cloud_key == w.current_key())
     if res["cloud_shown"]:
-        res["select"] = w.select_image_pixel(48, 40)
-        res["cloud_selected"] = list(w.cloud_view.selected) if w.cloud_view.selected else None
-        w.cloud_view.pixel_selected.emit(30, 20)
+        res["select"] = w.cloud.select_image_pixel(48, 40)
+        res["cloud_selected"] = list(w.cloud.view.selected) if w.cloud.view.selected else None
+        w.cloud.view.pixel_selected.emit(30, 20)
         app.processEvents()
-        pts = w._pixel_marker.getData()
+        pts = w.cloud.pixel_marker.getData()
         res["image_marker"] = [float(pts[0][0]), float(pts[1][0])]
-        f = frame(w.cloud_view)
+        f = frame(w.cloud.view)
         res["dock_std"] = float(f.std())
         # scored by the RGB + 3D model (the engine's jobs, run in-process here): the cloud colours by anomaly
         from engine.jobs import run_job
@@ -124,15 +124,15 @@ def _main_window(app, data: Path) -> dict:
                                      "geo_grid": 64, "distill_epochs": 3})
         run_job("score_dataset", {"model": str(model), "data": str(root / "dome"), "out": str(data.parent / "pred"),
                                   "device": "cpu"})
-        w.set_model(model)
-        w.load_predictions(data.parent / "pred")
-        res["predictions"] = _wait(app, lambda: w.predictions is not None)
+        w.models.set_model(model)
+        w.scoring.load_predictions(data.parent / "pred")
+        res["predictions"] = _wait(app, lambda: w.scoring.predictions is not None)
         key = w.current_key()
-        w._show_heatmap(key)
-        res["cloud_anomaly"] = w.cloud_view.anomaly is not None
-        w.cloud_view.mode.setCurrentText("anomaly")
+        w.scoring.show_heatmap(key)
+        res["cloud_anomaly"] = w.cloud.view.anomaly is not None
+        w.cloud.view.mode.setCurrentText("anomaly")
         app.processEvents()
-        res["anomaly_std"] = float(frame(w.cloud_view).std())
+        res["anomaly_std"] = float(frame(w.cloud.view).std())
     w.close()
     return res
 

@@ -25,7 +25,7 @@ def window(qtbot, demo_data, tmp_path, monkeypatch):
     w.show()
     open_and_wait(qtbot, w, demo_data / DEMO_CATEGORY)
     key = w.current_key()
-    qtbot.waitUntil(lambda: w.annotations.editor is not None and w.annotations.editor.ann.key == key,
+    qtbot.waitUntil(lambda: w.annotation.controller.editor is not None and w.annotation.controller.editor.ann.key == key,
                     timeout=10_000)
     yield w
     w.close()
@@ -49,27 +49,27 @@ def _drag(qtbot, w: MainWindow, points: list[tuple[float, float]]) -> None:
 def test_draw_box_brush_and_polygon_with_the_mouse_undo_and_find_them_after_reopening(qtbot, window, tmp_path):
     w = window
     key = w.current_key()
-    w.annotation_panel.class_combo.setCurrentText("burr")
+    w.annotation.panel.class_combo.setCurrentText("burr")
     qtbot.keyClick(w, Qt.Key.Key_B)
-    assert w.annotations.layer.tool == "box"
+    assert w.annotation.controller.layer.tool == "box"
     _drag(qtbot, w, [(40, 40), (70, 60), (100, 90)])
-    shapes = w.annotations.shapes()
+    shapes = w.annotation.controller.shapes()
     assert [s.kind for s in shapes] == ["box"] and shapes[0].class_name == "burr"
     (x0, y0), (x1, y1) = shapes[0].points
     assert abs(x0 - 40) < 3 and abs(y0 - 40) < 3 and abs(x1 - 100) < 3 and abs(y1 - 90) < 3
 
     qtbot.keyClick(w, Qt.Key.Key_R)  # brush
     _drag(qtbot, w, [(150, 150), (160, 155), (175, 160)])
-    assert [s.kind for s in w.annotations.shapes()] == ["box", "mask"]
+    assert [s.kind for s in w.annotation.controller.shapes()] == ["box", "mask"]
     qtbot.keyClick(w, Qt.Key.Key_P)  # polygon: three clicks, right-click closes
     viewport = w.image_view.view_box.scene().views()[0].viewport()
     for x, y in [(20, 150), (60, 150), (40, 190)]:
         qtbot.mouseClick(viewport, Qt.MouseButton.LeftButton, pos=_viewport_point(w, x, y))
     qtbot.mouseClick(viewport, Qt.MouseButton.RightButton, pos=_viewport_point(w, 40, 170))
-    assert [s.kind for s in w.annotations.shapes()] == ["box", "mask", "polygon"]
+    assert [s.kind for s in w.annotation.controller.shapes()] == ["box", "mask", "polygon"]
 
     qtbot.keyClick(w, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
-    assert [s.kind for s in w.annotations.shapes()] == ["box", "mask"]
+    assert [s.kind for s in w.annotation.controller.shapes()] == ["box", "mask"]
     w.findChild(QDockWidget, "Annotate").raise_()
     qtbot.wait(200)
     w.grab().save(str(artifacts_dir(tmp_path) / "annotate.png"))
@@ -82,10 +82,10 @@ def test_draw_box_brush_and_polygon_with_the_mouse_undo_and_find_them_after_reop
     # Copy labels to the next image.
     w.next_image()
     nxt = w.current_key()
-    qtbot.waitUntil(lambda: w.annotations.editor is not None and w.annotations.editor.ann.key == nxt,
+    qtbot.waitUntil(lambda: w.annotation.controller.editor is not None and w.annotation.controller.editor.ann.key == nxt,
                     timeout=10_000)
-    w.annotation_panel.copy_button.click()
-    assert [s.source for s in w.annotations.shapes()] == ["copied", "copied"]
+    w.annotation.panel.copy_button.click()
+    assert [s.source for s in w.annotation.controller.shapes()] == ["copied", "copied"]
 
 
 @pytest.mark.slow
@@ -96,22 +96,22 @@ def test_segment_tool_proposes_a_mask_from_a_real_onnx_segmenter(qtbot, window, 
     folder = tmp_path_factory.mktemp("seg") / "tiny"
     export_tiny_segmenter(folder)
     w = window
-    w.annotations.load_segmenter(Path(folder))
-    qtbot.waitUntil(lambda: w.annotations.segmenter is not None, timeout=30_000)
+    w.annotation.controller.load_segmenter(Path(folder))
+    qtbot.waitUntil(lambda: w.annotation.controller.segmenter is not None, timeout=30_000)
     qtbot.keyClick(w, Qt.Key.Key_S)
     viewport = w.image_view.view_box.scene().views()[0].viewport()
-    with qtbot.waitSignal(w.annotations.proposal_ready, timeout=30_000):
+    with qtbot.waitSignal(w.annotation.controller.proposal_ready, timeout=30_000):
         qtbot.mouseClick(viewport, Qt.MouseButton.LeftButton, pos=_viewport_point(w, 120, 120))
-    proposal = w.annotations._proposal
+    proposal = w.annotation.controller._proposal
     assert proposal is not None
     assert proposal.shape == (w.image_view.image_size[1], w.image_view.image_size[0])
-    assert "predicted IoU" in w.annotation_panel.status.text()
+    assert "predicted IoU" in w.annotation.panel.status.text()
     qtbot.keyClick(w, Qt.Key.Key_Return)
     # A randomly initialised model may propose nothing; then keeping it is refused with a reason.
     if proposal.any():
-        assert w.annotations.shapes()[-1].source == "segmenter"
+        assert w.annotation.controller.shapes()[-1].source == "segmenter"
     else:
-        assert "empty" in w.annotation_panel.status.text()
+        assert "empty" in w.annotation.panel.status.text()
 
 
 def test_auto_prompt_proposals_are_accepted_or_rejected_one_by_one(qtbot, window):
@@ -127,17 +127,17 @@ def test_auto_prompt_proposals_are_accepted_or_rejected_one_by_one(qtbot, window
         m = np.zeros((height, width), bool)
         m[30:60, x:x + 40] = True
         items.append(Proposal(AutoPrompt((x, 30, x + 40, 60), (x + 20, 45), 1.2, 1200), m, 0.9).to_json())
-    w.annotation_panel.fineness_spin.setValue(0)  # keep proposals as pixel masks
-    before = len(w.annotations.shapes())  # other tests of this session may have annotated this image
-    assert w.annotations.set_pending({key: items, "some/other.png": items[:1]}) == 3
-    assert w.annotations._proposal is not None and w.annotations._proposal[45, 30]
-    assert "2 left" in w.annotation_panel.status.text()
+    w.annotation.panel.fineness_spin.setValue(0)  # keep proposals as pixel masks
+    before = len(w.annotation.controller.shapes())  # other tests of this session may have annotated this image
+    assert w.annotation.controller.set_pending({key: items, "some/other.png": items[:1]}) == 3
+    assert w.annotation.controller._proposal is not None and w.annotation.controller._proposal[45, 30]
+    assert "2 left" in w.annotation.panel.status.text()
     qtbot.keyClick(w, Qt.Key.Key_Return)  # keep the first
-    assert [s.source for s in w.annotations.shapes()[before:]] == ["auto-prompt"]
-    assert w.annotations._proposal is not None and w.annotations._proposal[45, 130], "the second is shown next"
+    assert [s.source for s in w.annotation.controller.shapes()[before:]] == ["auto-prompt"]
+    assert w.annotation.controller._proposal is not None and w.annotation.controller._proposal[45, 130], "the second is shown next"
     qtbot.keyClick(w, Qt.Key.Key_Delete)  # reject it
-    assert w.annotations._proposal is None and len(w.annotations.shapes()) == before + 1
-    assert w.annotations.pending[key] == []
+    assert w.annotation.controller._proposal is None and len(w.annotation.controller.shapes()) == before + 1
+    assert w.annotation.controller.pending[key] == []
 
 
 @pytest.mark.slow
@@ -154,25 +154,25 @@ def test_segmenter_retrains_in_the_engine_on_masks_drawn_here_and_loads(qtbot, w
     good_key = next(k for k, s in w.samples.items() if s.label == GOOD)
     with qtbot.waitSignal(w.image_view.image_shown, timeout=10_000, check_params_cb=lambda k: k == good_key):
         w.browser.select_key(good_key)
-    qtbot.waitUntil(lambda: w.annotations.editor is not None and w.annotations.editor.ann.key == good_key,
+    qtbot.waitUntil(lambda: w.annotation.controller.editor is not None and w.annotation.controller.editor.ann.key == good_key,
                     timeout=10_000)
-    w.annotation_panel.class_combo.setCurrentText("scratch")
-    w.annotations._on_polygon([(60.0, 60.0), (120.0, 64.0), (118.0, 80.0), (62.0, 76.0)])
-    assert [s.kind for s in w.annotations.shapes()] == ["polygon"]
+    w.annotation.panel.class_combo.setCurrentText("scratch")
+    w.annotation.controller._on_polygon([(60.0, 60.0), (120.0, 64.0), (118.0, 80.0), (62.0, 76.0)])
+    assert [s.kind for s in w.annotation.controller.shapes()] == ["polygon"]
 
     qtbot.waitUntil(lambda: w.link.state == "connected", timeout=60_000)
-    w.segmenter_job_params = {"input_size": 128, "epochs": 2, "time_budget_s": 60, "synthetic_images": 6,
+    w.annotation.segmenter_job_params = {"input_size": 128, "epochs": 2, "time_budget_s": 60, "synthetic_images": 6,
                               "holdout_fraction": 0.0, "device": "cpu"}
-    w.train_segmenter()
-    qtbot.waitUntil(lambda: bool(w._pending_segmenter_jobs), timeout=30_000)
-    job_id = next(iter(w._pending_segmenter_jobs))
+    submitted: list[str] = []
+    w.annotation.train_segmenter(on_submitted=submitted.append)
+    qtbot.waitUntil(lambda: bool(submitted), timeout=30_000)
     with qtbot.waitSignal(w.link.job_finished, timeout=240_000,
-                          check_params_cb=lambda job: job["id"] == job_id) as finished:
+                          check_params_cb=lambda job: job.id == submitted[0]) as finished:
         pass
-    assert finished.args[0]["state"] == "succeeded", finished.args[0]
-    qtbot.waitUntil(lambda: w.annotations.segmenter is not None, timeout=30_000)
-    meta = json.loads((w.annotations.segmenter_dir / "segmenter.json").read_text())
+    assert finished.args[0].state == "succeeded", finished.args[0]
+    qtbot.waitUntil(lambda: w.annotation.controller.segmenter is not None, timeout=30_000)
+    meta = json.loads((w.annotation.controller.segmenter_dir / "segmenter.json").read_text())
     trained_on = {Path(p).name for p in meta["training"]["images_train"]}
     assert w.samples[good_key].image_path.name in trained_on  # the drawn mask was learned from
     assert meta["training"]["n_synthetic_defects"] >= 1
-    assert "ready" in w.annotation_panel.status.text()
+    assert "ready" in w.annotation.panel.status.text()

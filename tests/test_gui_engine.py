@@ -24,6 +24,7 @@ import psutil
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QDialog, QDialogButtonBox
 
+from app.gui.contracts import JobView
 from app.gui.engine_link import EngineLink, EngineSettings, load_settings, save_settings
 from app.gui.job_dialog import EngineSettingsDialog, EvalDialog, TrainDialog
 from app.gui.jobs_panel import COL_MESSAGE, COL_PROGRESS, COL_STATE, JobRole, JobsPanel, ProgressRole
@@ -130,19 +131,19 @@ def test_local_engine_trains_cancels_lists_models_and_stops(qtbot, home, links, 
     qtbot.waitUntil(lambda: _state_of(jobs_panel, train_id) in ("succeeded", "failed"), timeout=180_000)
     row = jobs_panel.model.row_of(train_id)
     job = jobs_panel.model.index(row, COL_PROGRESS).data(JobRole)
-    assert job["state"] == "succeeded", job
+    assert job.state == "succeeded", job
     assert jobs_panel.model.index(row, COL_PROGRESS).data(ProgressRole) == 1.0
     assert jobs_panel.model.index(row, 0).data() == train_id and row == 0  # newest first
     assert not jobs_panel.cancel_button.isEnabled()
-    assert jobs_panel.selected_job()["id"] == train_id  # the selection survived a minute of polling
+    assert jobs_panel.selected_job().id == train_id  # the selection survived a minute of polling
     qtbot.waitUntil(lambda: "succeeded" in jobs_panel.log_view.toPlainText(), timeout=10_000)
     log_text = jobs_panel.log_view.toPlainText()
     # training prints little: the pane shows its progress messages (which ones depends on when polls land)
     assert train_id in jobs_panel.log_title.text() and "running" in log_text, log_text
     bar = jobs_panel.log_view.verticalScrollBar()
     assert bar.value() == bar.maximum()  # followed the end
-    qtbot.waitUntil(lambda: {j["id"] for j in finished} == {bad_id, train_id}, timeout=5_000)
-    assert {j["id"]: j["state"] for j in finished} == {bad_id: "failed", train_id: "succeeded"}
+    qtbot.waitUntil(lambda: {j.id for j in finished} == {bad_id, train_id}, timeout=5_000)
+    assert {j.id: j.state for j in finished} == {bad_id: "failed", train_id: "succeeded"}
     t_trained = time.monotonic() - t0
 
     # the model is listed with its metadata, and using it hands over a folder with model.onnx
@@ -156,7 +157,7 @@ def test_local_engine_trains_cancels_lists_models_and_stops(qtbot, home, links, 
         qtbot.mouseClick(models_panel.use_button, Qt.MouseButton.LeftButton)
     model_dir = activated.args[0]
     assert (model_dir / "model.onnx").is_file() and model_dir in models_panel.models()
-    assert model_dir == Path(job["result"]["run_dir"])  # local engine: its own folder, no copy
+    assert model_dir == Path(job.result["run_dir"])  # local engine: its own folder, no copy
 
     # a second training job, cancelled from the panel's button while it runs
     cancel_id = _submit(qtbot, link, "train_anomaly", {"data": str(demo_data), **TRAIN})
@@ -166,7 +167,7 @@ def test_local_engine_trains_cancels_lists_models_and_stops(qtbot, home, links, 
     qtbot.mouseClick(jobs_panel.cancel_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: _state_of(jobs_panel, cancel_id) == "cancelled", timeout=30_000)
     assert not jobs_panel.cancel_button.isEnabled()
-    qtbot.waitUntil(lambda: cancel_id in {j["id"] for j in finished}, timeout=5_000)
+    qtbot.waitUntil(lambda: cancel_id in {j.id for j in finished}, timeout=5_000)
     jobs_panel.grab().save(str(artifacts / "jobs_panel.png"))
     models_panel.grab().save(str(artifacts / "models_panel.png"))
 
@@ -175,10 +176,10 @@ def test_local_engine_trains_cancels_lists_models_and_stops(qtbot, home, links, 
     remote = links()
     remote.start(EngineSettings(mode="remote", url=link.url, token=token))
     qtbot.waitUntil(lambda: remote.state == "connected", timeout=10_000)
-    qtbot.waitUntil(lambda: any(j["id"] == train_id for j in remote.jobs), timeout=5_000)
+    qtbot.waitUntil(lambda: any(j.id == train_id for j in remote.jobs), timeout=5_000)
     fetched: list[Path] = []
     errors: list[str] = []
-    remote.fetch_model(next(j for j in remote.jobs if j["id"] == train_id), fetched.append, errors.append)
+    remote.fetch_model(next(j for j in remote.jobs if j.id == train_id), fetched.append, errors.append)
     qtbot.waitUntil(lambda: bool(fetched or errors), timeout=30_000)
     assert not errors, errors
     assert fetched[0] == default_data_home() / "models" / train_id
@@ -301,9 +302,10 @@ def test_jobs_table_updates_in_place_and_keeps_the_selection(qtbot):
     panel = JobsPanel(link)
     qtbot.addWidget(panel)
 
-    def job(job_id: str, created: float, state: str = "running", **kw: object) -> dict:
-        return {"id": job_id, "kind": "train_anomaly", "state": state, "progress": 0.0, "message": "",
-                "error": None, "params": {}, "result": None, "created": created, "placement": None, **kw}
+    def job(job_id: str, created: float, state: str = "running", **kw: object) -> JobView:
+        return JobView.from_dict({"id": job_id, "kind": "train_anomaly", "state": state, "progress": 0.0,
+                                  "message": "", "error": None, "params": {}, "result": None, "created": created,
+                                  "started": None, "finished": None, "placement": None, **kw})
 
     link.jobs_changed.emit([job("a", 1), job("b", 2)])
     assert [panel.model.index(r, 0).data() for r in range(2)] == ["b", "a"]
@@ -313,8 +315,8 @@ def test_jobs_table_updates_in_place_and_keeps_the_selection(qtbot):
     link.jobs_changed.emit([job("a", 1, progress=0.5), job("c", 3),
                             job("b", 2, state="failed", error="out of memory\nin the worker")])
     assert [panel.model.index(r, 0).data() for r in range(3)] == ["c", "b", "a"]
-    assert panel.selected_job()["id"] == "a" and panel.selected_job()["progress"] == 0.5
-    assert [j["id"] for j in panel.jobs()] == ["c", "b", "a"]
+    assert panel.selected_job().id == "a" and panel.selected_job().progress == 0.5
+    assert [j.id for j in panel.jobs()] == ["c", "b", "a"]
     failed = panel.model.index(1, COL_MESSAGE)
     assert failed.data() == "out of memory" and "in the worker" in failed.data(Qt.ItemDataRole.ToolTipRole)
     link.jobs_changed.emit([job("c", 3)])
@@ -339,7 +341,7 @@ def test_models_panel_remembers_added_folders(qtbot, home, tmp_path):
     qtbot.waitUntil(lambda: "efficientnet-lite1" in item.toolTip(0), timeout=5_000)
     assert item.text(0) == "washer · good"
     bad = panel.tree.findItems("broken", Qt.MatchFlag.MatchContains | Qt.MatchFlag.MatchRecursive)[0]
-    qtbot.waitUntil(lambda: "no model.onnx" in bad.toolTip(0), timeout=5_000)
+    qtbot.waitUntil(lambda: str(broken) in bad.toolTip(0) and "unusable" in bad.text(0), timeout=5_000)
     panel.tree.setCurrentItem(item)
     with qtbot.waitSignal(panel.model_activated, timeout=5_000) as activated:
         # a real double click starts with a press; QTest's mouseDClick alone sends only the second half
@@ -348,7 +350,7 @@ def test_models_panel_remembers_added_folders(qtbot, home, tmp_path):
         qtbot.mouseDClick(panel.tree.viewport(), Qt.MouseButton.LeftButton, pos=where)
     assert activated.args == [good]
     panel.activate_row(1)  # the broken folder: a readable refusal, no signal
-    qtbot.waitUntil(lambda: "no model.onnx" in panel.message_label.text(), timeout=5_000)
+    qtbot.waitUntil(lambda: str(broken) in panel.message_label.text(), timeout=5_000)
     assert panel.active_model == good
 
     again = ModelsPanel(EngineLink())  # a new session reads the same ini

@@ -84,8 +84,8 @@ def test_train_then_add_a_product_from_the_workbench(qtbot, two_products, tmp_pa
     w.link.start(EngineSettings(mode="local", url="", token="", tls_ca=""))
     qtbot.waitUntil(lambda: w.link.state == "connected", timeout=60_000)
 
-    def run_step(products: list[str], expect_resume: str | None) -> dict:
-        dialog = w.unified_dialog()
+    def run_step(products: list[str], expect_resume: str | None):
+        dialog = w.unified.dialog()
         qtbot.addWidget(dialog)
         assert (dialog.run().engine_path if dialog.run() else None) == expect_resume
         dialog.set_products(products)
@@ -94,27 +94,27 @@ def test_train_then_add_a_product_from_the_workbench(qtbot, two_products, tmp_pa
             dialog.image_size.setValue(64)
         dialog.device_box.setCurrentText("cpu")
         assert dialog.errors() == []
-        w.submit_unified(dialog.params())
-        qtbot.waitUntil(lambda: bool(w._pending_unified_jobs), timeout=30_000)
-        job_id = next(iter(w._pending_unified_jobs))
+        submitted: list[str] = []
+        w.unified.submit(dialog.params(), on_done=submitted.append)
+        qtbot.waitUntil(lambda: bool(submitted), timeout=30_000)
         with qtbot.waitSignal(w.link.job_finished, timeout=240_000,
-                              check_params_cb=lambda job: job["id"] == job_id) as finished:
+                              check_params_cb=lambda job: job.id == submitted[0]) as finished:
             pass
         job = finished.args[0]
-        assert job["state"] == "succeeded", job
+        assert job.state == "succeeded", job
         return job
 
     first = run_step(["washer"], None)
-    assert first["result"]["products"] == ["washer"]
-    qtbot.waitUntil(lambda: first["id"] in w.models_panel._job_items, timeout=10_000)
+    assert first.result["products"] == ["washer"]
+    qtbot.waitUntil(lambda: first.id in w.models.panel._job_items, timeout=10_000)
 
-    second = run_step(["wood"], first["params"]["out"])  # the newest unified model is preselected
-    assert second["params"]["resume"] == first["params"]["out"]
-    assert second["result"]["products"] == ["washer", "wood"]
+    second = run_step(["wood"], first.params["out"])  # the newest unified model is preselected
+    assert second.params["resume"] == first.params["out"]
+    assert second.result["products"] == ["washer", "wood"]
     qtbot.waitUntil(lambda: "covers washer, wood" in w.statusBar().currentMessage(), timeout=10_000)
-    qtbot.waitUntil(lambda: second["id"] in w.models_panel._job_items, timeout=10_000)
+    qtbot.waitUntil(lambda: second.id in w.models.panel._job_items, timeout=10_000)
 
-    folder = Path(second["params"]["out"])
+    folder = Path(second.params["out"])
     meta = json.loads((folder / "model.json").read_text())
     assert meta["products"] == ["washer", "wood"] and meta["kind"] == "anomaly/unified"
     model = AnomalyModel(folder, device="cpu")

@@ -104,7 +104,7 @@ def test_an_unreachable_engine_shows_a_banner(qtbot, window):
     window.link.start(EngineSettings(mode="remote", url="http://127.0.0.1:9", token="x" * 20, tls_ca=""))
     qtbot.waitUntil(lambda: window.banner.isVisible(), timeout=20_000)
     assert "unreachable" in window.banner.text()
-    assert "unreachable" in window.engine_label.text()
+    assert "unreachable" in window.engine.label.text()
 
 
 @pytest.mark.slow
@@ -119,19 +119,19 @@ def test_train_score_and_inspect_through_a_real_local_engine(qtbot, window, demo
                        on_done=submitted.append)
     qtbot.waitUntil(lambda: bool(submitted), timeout=10_000)
     with qtbot.waitSignal(window.link.job_finished, timeout=240_000,
-                          check_params_cb=lambda job: job["id"] == submitted[0]) as finished:
+                          check_params_cb=lambda job: job.id == submitted[0]) as finished:
         pass
-    assert finished.args[0]["state"] == "succeeded", finished.args[0]
-    qtbot.waitUntil(lambda: len(window.models_panel.models()) >= 1, timeout=20_000)
-    with qtbot.waitSignal(window.models_panel.model_activated, timeout=20_000) as activated:
-        window.models_panel.activate_row(0)
+    assert finished.args[0].state == "succeeded", finished.args[0]
+    qtbot.waitUntil(lambda: len(window.models.panel.models()) >= 1, timeout=20_000)
+    with qtbot.waitSignal(window.models.panel.model_activated, timeout=20_000) as activated:
+        window.models.panel.activate_row(0)
     assert (Path(activated.args[0]) / "model.onnx").is_file()
 
-    with qtbot.waitSignal(window.predictions_loaded, timeout=240_000) as loaded:
-        window.score_dataset()
+    with qtbot.waitSignal(window.scoring.predictions_loaded, timeout=240_000) as loaded:
+        window.scoring.score_dataset()
     n = loaded.args[0]
     assert n == len(window.dataset.samples)
-    scores = window.predictions.scores
+    scores = window.scoring.predictions.scores
     # Sorted by score, highest first, and the worst-scored images are mostly the defective ones.
     order = window.browser.visible_keys()
     assert scores[order[0]] >= scores[order[-1]]
@@ -142,23 +142,23 @@ def test_train_score_and_inspect_through_a_real_local_engine(qtbot, window, demo
                           check_params_cb=lambda key: key == order[0]):
         window.browser.select_key(order[0])
     assert window.image_view.heatmap_item.image is not None
-    assert window.metrics_view.roc.title().startswith("ROC")
+    assert window.scoring.metrics_view.roc.title().startswith("ROC")
     # The PRO curve arrives from maps and masks read off the GUI thread.
-    qtbot.waitUntil(lambda: not window.metrics_view.pro.showing_message and "AU-PRO" in
-                    window.metrics_view.pro.title(), timeout=30_000)
+    qtbot.waitUntil(lambda: not window.scoring.metrics_view.pro.showing_message and "AU-PRO" in
+                    window.scoring.metrics_view.pro.title(), timeout=30_000)
     # The threshold control says what a change means on the labelled set.
     lowest = np.floor(min(scores.values()) * 1000) / 1000  # the spin box keeps 3 decimals
     window.review.threshold_spin.setValue(lowest)  # the control's range covers every score of the dataset
     assert window.review.threshold() == pytest.approx(lowest)
     assert f"{n} NG / 0 OK predicted" in window.review.impact_label.text()
     assert "flip" in window.review.impact_label.text()
-    window.set_threshold(window.model_threshold)
+    window.scoring.set_threshold(window.scoring.model_threshold)
     art = artifacts_dir(tmp_path)
     window.grab().save(str(art / "workbench_scored.png"))
     window.findChild(QDockWidget, "Metrics").raise_()
     qtbot.wait(300)
     window.grab().save(str(art / "workbench_metrics.png"))
-    window.jobs_panel.grab().save(str(art / "jobs.png"))
+    window.engine.jobs_panel.grab().save(str(art / "jobs.png"))
 
 
 @pytest.mark.slow
@@ -201,7 +201,7 @@ def test_event_loop_never_stalls_while_training_and_browsing_large_images(qtbot,
     qtbot.waitUntil(lambda: last_key in shown, timeout=60_000)
     qtbot.wait(500)
     timer.stop()
-    job_running = any(j.get("state") == "running" for j in window.jobs_panel.jobs())
+    job_running = any(j.state == "running" for j in window.engine.jobs_panel.jobs())
     worst_ms = max(gaps) * 1000
     print(f"longest event-loop stall: {worst_ms:.0f} ms over {len(gaps)} ticks; training running: {job_running}")
     (artifacts_dir(tmp_path) / "stall.txt").write_text(f"{worst_ms:.1f} ms, job running {job_running}\n")
@@ -280,5 +280,5 @@ def test_scores_made_on_another_dataset_are_not_shown(qtbot, window, demo_data, 
         "items": {key: {"score": 3.0, "map": "maps/000000.npy"}}, "errors": {}}))
     with qtbot.waitSignal(window.status_message, timeout=10_000,
                           check_params_cb=lambda m: "not shown" in m):
-        window.load_predictions(folder)
-    assert window.predictions is None and window.browser.model.score_of(key) is None
+        window.scoring.load_predictions(folder)
+    assert window.scoring.predictions is None and window.browser.model.score_of(key) is None

@@ -60,19 +60,19 @@ def test_typing_a_description_in_the_workbench_selects_the_class_and_filters_the
     w = MainWindow()
     qtbot.addWidget(w)
     w.show()
-    w._settings().setValue("text/encoder_dir", str(text_encoder))
+    w.settings().setValue("text/encoder_dir", str(text_encoder))
     open_and_wait(qtbot, w, demo_data / DEMO_CATEGORY)
     types = sorted({s.defect_type for s in w.dataset.samples if s.label == "defective"})
     target = "scratch" if "scratch" in types else types[0]
     query = {"scratch": "long thin scratch marks", "dent": "a small dent pressed in"}.get(target, target)
-    w.annotation_panel.find_edit.setText(query)
+    w.annotation.panel.find_edit.setText(query)
     w.activateWindow()
-    w.annotation_panel.find_edit.setFocus()
-    qtbot.waitUntil(lambda: w.annotation_panel.find_edit.hasFocus(), timeout=5_000)
-    qtbot.keyClick(w.annotation_panel.find_edit, Qt.Key.Key_Return)
-    qtbot.waitUntil(lambda: bool(w.text_matches), timeout=30_000)
-    assert w.text_matches[0][0] == target
-    assert w.annotation_panel.class_name() == target
+    w.annotation.panel.find_edit.setFocus()
+    qtbot.waitUntil(lambda: w.annotation.panel.find_edit.hasFocus(), timeout=5_000)
+    qtbot.keyClick(w.annotation.panel.find_edit, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: bool(w.text_prompts.text_matches), timeout=30_000)
+    assert w.text_prompts.text_matches[0][0] == target
+    assert w.annotation.panel.class_name() == target
     shown = w.browser.visible_keys()
     assert shown and all(w.samples[k].defect_type == target for k in shown)
     w.close()

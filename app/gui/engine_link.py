@@ -16,299 +16,70 @@ States (`status_changed(state, detail)`):
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import json
 import logging
-import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import httpx
 import shiboken6
 from PySide6.QtCore import (
     QCoreApplication,
     QObject,
-    QSettings,
     QTimer,
     Signal,
 )
 
+from app.gui.contracts import (
+    JobView,
+    artifact_dir,
+    artifact_ref,
+    default_data_home,
+    job_view,
+    model_output,
+)
+from app.gui.engine_http import (
+    EngineUnauthorized,
+    LinkClient,
+    artifact_cache_dir,
+    download_prefix,
+    existing_dir,
+)
+from app.gui.engine_settings import (  # noqa: F401  (re-exported: the link's settings, one import for callers)
+    DEFAULT_REMOTE_URL,
+    EngineSettings,
+    Mode,
+    gui_settings,
+    load_settings,
+    save_settings,
+)
+from app.gui.local_engine import ENGINE_LOG, Launch, engine_command, start_local_engine  # noqa: F401
 from app.gui.tasks import background_executor, run_in_background
-from engine.client import EngineClient
-from engine.datasets.demo import default_data_home
 from engine.errors import DefectScopeError
-from engine.server.store import FINAL_STATES
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["local", "remote"]
 STOPPED, STARTING, CONNECTED, UNREACHABLE, UNAUTHORIZED = (
     "stopped", "starting", "connected", "unreachable", "unauthorized")
 ACTIVE_STATES = frozenset({"queued", "running"})
 
 POLL_MS = 1000
 RETRY_MS = 3000
-STARTUP_TIMEOUT_S = 60.0
-STOP_GRACE_S = 5.0
-REQUEST_TIMEOUT_S = 10.0  # control calls; a hung engine must not hold a pool thread for long
-DOWNLOAD_TIMEOUT_S = 120.0
-ENGINE_LOG = "engine.log"
-ENGINE_LOG_MAX_BYTES = 5_000_000
-TOKEN_FILE = "token"  # written by `engine serve` into its data dir (engine.server.serve.TOKEN_FILE)
-DEFAULT_REMOTE_URL = "http://127.0.0.1:8765"
 
 
-# ----------------------------------------------------------------------------------------------- settings
+def _views(jobs: list) -> list[JobView]:
+    return [job_view(j) for j in jobs]
 
 
-@dataclass
-class EngineSettings:
-    mode: Mode = "local"
-    url: str = DEFAULT_REMOTE_URL  # remote mode only; a local engine picks a free port
-    token: str = ""
-    tls_ca: str = ""  # certificate (file) to trust for an https engine, e.g. its self-signed cert.pem
-
-
-def gui_settings() -> QSettings:
-    """The GUI's ini file in the data home (so $DEFECTSCOPE_HOME isolates tests and portable installs)."""
-    return QSettings(str(default_data_home() / "gui.ini"), QSettings.Format.IniFormat)
-
-
-def load_settings() -> EngineSettings:
-    s = gui_settings()
-    mode = str(s.value("engine/mode", "local"))
-    return EngineSettings(
-        mode="remote" if mode == "remote" else "local",
-        url=str(s.value("engine/url", DEFAULT_REMOTE_URL) or DEFAULT_REMOTE_URL),
-        token=str(s.value("engine/token", "") or ""),
-        tls_ca=str(s.value("engine/tls_ca", "") or ""),
-    )
-
-
-def save_settings(settings: EngineSettings) -> None:
-    s = gui_settings()
-    s.setValue("engine/mode", settings.mode)
-    s.setValue("engine/url", settings.url)
-    s.setValue("engine/token", settings.token)
-    s.setValue("engine/tls_ca", settings.tls_ca)
-    s.sync()
-    # The file holds a bearer token: readable by this user only, like the engine's own token file.
-    with contextlib.suppress(OSError):
-        os.chmod(s.fileName(), 0o600)
-
-
-class EngineUnauthorized(DefectScopeError):
-    """The engine answered 401: our token is missing or wrong."""
-
-
-class _LinkClient(EngineClient):
-    """EngineClient that tells a refused token apart from every other failure (a typed error, not message text)."""
-
-    def __init__(self, url: str, token: str | None, timeout: float = REQUEST_TIMEOUT_S,
-                 verify: bool | str = True) -> None:
-        super().__init__(url, token, timeout=timeout, verify=verify)
-        self._http.event_hooks["response"] = [self._refuse_401]
-
-    def _refuse_401(self, response: httpx.Response) -> None:
-        if response.status_code == 401:
-            raise EngineUnauthorized(f"engine at {self.url} refused the token (missing or wrong)")
-
-
-class _PrefixClient(_LinkClient):
-    """Lists only the artifacts under one folder, so the inherited `download` fetches (and verifies) just those."""
-
-    def __init__(self, url: str, token: str | None, prefix: str, verify: bool | str = True) -> None:
-        super().__init__(url, token, timeout=DOWNLOAD_TIMEOUT_S, verify=verify)
-        self._prefix = prefix.strip("/") + "/"
-
-    def artifacts(self, job_id: str) -> list[dict]:
-        return [a for a in super().artifacts(job_id) if a["name"].startswith(self._prefix)]
-
-
-# ----------------------------------------------------------------------------------- local engine process
-
-_LIVE_ENGINES: set[subprocess.Popen] = set()
-_LIVE_LOCK = threading.Lock()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def engine_command(port: int, data_dir: Path) -> list[str]:
-    """`defectscope engine serve` as this program: a frozen app has no `-m`, it is the CLI itself."""
-    # --parent-pid: the engine stops by itself if this app dies without stopping it (a crash, a kill).
-    args = ["engine", "serve", "--port", str(port), "--data-dir", str(data_dir), "--parent-pid", str(os.getpid())]
-    if getattr(sys, "frozen", False):
-        return [sys.executable, *args]
-    return [sys.executable, "-m", "app.cli", *args]
-
-
-def _signal_engine(proc: subprocess.Popen, hard: bool) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
-        if sys.platform == "win32":
-            if hard:
-                proc.kill()
-            else:
-                proc.send_signal(signal.CTRL_BREAK_EVENT)  # its own process group receives it, not us
-        elif hard:
-            # The whole group: the engine and any job worker it could not stop (workers inherit the group).
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.terminate()  # graceful: the engine stops its workers and closes its database itself
-
-
-def _reap(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL to the group after STOP_GRACE_S; runs on its own thread (it waits)."""
-    try:
-        if proc.poll() is None:
-            _signal_engine(proc, hard=False)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(STOP_GRACE_S)
-        _signal_engine(proc, hard=True)  # also catches workers left behind by an engine that did exit
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(STOP_GRACE_S)
-    finally:
-        with _LIVE_LOCK:
-            _LIVE_ENGINES.discard(proc)
-
-
-def _reap_in_background(proc: subprocess.Popen) -> None:
-    # Not a daemon: the interpreter waits for it at exit, so quitting the app cannot leave the engine running.
-    threading.Thread(target=_reap, args=(proc,), name="engine-reaper", daemon=False).start()
-
-
-@atexit.register
-def _reap_all_at_exit() -> None:
-    """Last line of defence when the app exits without `stop()` (a script, a test that forgot it)."""
-    with _LIVE_LOCK:
-        procs = list(_LIVE_ENGINES)
-    for proc in procs:
-        _reap(proc)
-
-
-class _Launch:
-    """A local engine being started / running; shared with the pool thread that starts it."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.lock = threading.Lock()
-        self.proc: subprocess.Popen | None = None
-        self.abandoned = False  # set by stop(): the starting thread must not leave a process behind
-        self.url = ""
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def abandon(self) -> None:
-        with self.lock:
-            self.abandoned = True
-            proc, self.proc = self.proc, None
-        if proc is not None:
-            _reap_in_background(proc)
-
-
-def _log_tail(path: Path, offset: int) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            lines = [ln for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return lines[-1].strip() if lines else ""
-
-
-def _start_local_engine(launch: _Launch) -> tuple[str, str]:
-    """Runs on a pool thread: spawn the engine, wait for /health, read its token. Returns (url, token)."""
-    launch.data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = launch.data_dir / ENGINE_LOG
-    with contextlib.suppress(OSError):
-        if log_path.stat().st_size > ENGINE_LOG_MAX_BYTES:  # appended at every start: keep one old copy only
-            log_path.replace(log_path.with_name(ENGINE_LOG + ".1"))
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if not getattr(sys, "frozen", False):
-        # `-m app.cli` must find this very source tree, also when the GUI was started from a checkout.
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    for _attempt in range(3):  # a free port can be taken between choosing it and the engine binding it
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        offset = log_path.stat().st_size if log_path.exists() else 0
-        with log_path.open("ab") as log_fh:
-            log_fh.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} started by the GUI on {url}\n".encode())
-            log_fh.flush()
-            kwargs: dict[str, Any] = (
-                {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if sys.platform == "win32"
-                else {"start_new_session": True})  # its own group: Ctrl+C in our terminal is not its business
-            proc = subprocess.Popen(engine_command(port, launch.data_dir), stdin=subprocess.DEVNULL, stdout=log_fh,
-                                    stderr=subprocess.STDOUT, env=env, **kwargs)
-        with _LIVE_LOCK:
-            _LIVE_ENGINES.add(proc)
-        with launch.lock:
-            if launch.abandoned:
-                _reap_in_background(proc)
-                raise DefectScopeError("local engine start was cancelled")
-            launch.proc = proc
-        probe = _LinkClient(url, None, timeout=2.0)
-        try:
-            deadline = time.monotonic() + STARTUP_TIMEOUT_S
-            while time.monotonic() < deadline:
-                if launch.abandoned:
-                    raise DefectScopeError("local engine start was cancelled")
-                code = proc.poll()
-                if code is not None:
-                    break
-                try:
-                    probe.health()
-                except DefectScopeError:
-                    time.sleep(0.2)
-                    continue
-                token_path = launch.data_dir / TOKEN_FILE
-                try:
-                    token = token_path.read_text().strip()
-                except OSError as exc:
-                    raise DefectScopeError(f"{token_path}: cannot read the local engine's token ({exc.strerror})") \
-                        from None
-                launch.url = url
-                return url, token
-            else:
-                launch.abandon()
-                raise DefectScopeError(f"local engine did not answer within {STARTUP_TIMEOUT_S:.0f} s "
-                                       f"(log: {log_path})")
-        finally:
-            probe.close()
-        tail = _log_tail(log_path, offset)
-        with _LIVE_LOCK:
-            _LIVE_ENGINES.discard(proc)
-        with launch.lock:
-            launch.proc = None
-        if "address already in use" not in tail.lower():
-            raise DefectScopeError(f"local engine exited with code {code}: {tail or 'no output'} (log: {log_path})")
-    raise DefectScopeError(f"local engine could not find a free port (log: {log_path})")
-
-
-def _probe(url: str, token: str, verify: bool | str) -> tuple[_LinkClient, list[dict]] | EngineUnauthorized:
+def _probe(url: str, token: str, verify: bool | str) -> tuple[LinkClient, list[JobView]] | EngineUnauthorized:
     """Runs on a pool thread: a client for the engine and its job list (GET /jobs needs the token).
 
     A refused token is returned, not raised: the relay hands errors over as text, and this one decides the state.
     """
-    client = _LinkClient(url, token or None, verify=verify)
+    client = LinkClient(url, token or None, verify=verify)
     try:
-        return client, client.jobs()
+        return client, _views(client.jobs())
     except EngineUnauthorized as exc:
         client.close()
         return exc
@@ -317,9 +88,9 @@ def _probe(url: str, token: str, verify: bool | str) -> tuple[_LinkClient, list[
         raise
 
 
-def _poll(client: _LinkClient) -> list[dict] | EngineUnauthorized:
+def _poll(client: LinkClient) -> list[JobView] | EngineUnauthorized:
     try:
-        return client.jobs()
+        return _views(client.jobs())
     except EngineUnauthorized as exc:
         return exc
 
@@ -332,14 +103,15 @@ class EngineLink(QObject):
 
     Signals:
         status_changed(state, detail): see the module docstring for the states; detail is one readable line.
-        jobs_changed(list): every job (dicts as GET /jobs returns them), newest first, when anything changed.
-        job_finished(dict): once per job that reached succeeded / failed / cancelled while the link watched.
+        jobs_changed(list): every job (JobView), newest first, when anything changed.
+        job_finished(JobView): once per job that reached succeeded / failed / cancelled while the link watched,
+            after the `on_finished` callback that job was submitted with (if any).
         error(str): a fire-and-forget call (cancel without on_error) failed; one readable line.
     """
 
     status_changed = Signal(str, str)
     jobs_changed = Signal(list)
-    job_finished = Signal(dict)
+    job_finished = Signal(object)  # JobView
     error = Signal(str)
 
     def __init__(self, parent: QObject | None = None) -> None:
@@ -349,12 +121,15 @@ class EngineLink(QObject):
         self._state = STOPPED
         self._detail = ""
         self._generation = 0
-        self._launch: _Launch | None = None
+        self._launch: Launch | None = None
         self._url = ""
         self._token = ""
         self._verify: bool | str = True
-        self._client: _LinkClient | None = None
-        self._jobs: list[dict] = []
+        self._client: LinkClient | None = None
+        self._jobs: list[JobView] = []
+        # Completion callbacks of jobs this link submitted, by job id: each job's outcome goes to its own
+        # submitter, so no window has to keep per-kind sets of pending ids.
+        self._on_finished: dict[str, Callable[[JobView], None]] = {}
         self._seen_final: set[str] | None = None  # None until the first job list after start()
         self._poll_in_flight = False
         self._probe_in_flight = False
@@ -394,7 +169,7 @@ class EngineLink(QObject):
         return replace(self._settings)
 
     @property
-    def jobs(self) -> list[dict]:
+    def jobs(self) -> list[JobView]:
         """The last job list received (newest first)."""
         return list(self._jobs)
 
@@ -432,9 +207,9 @@ class EngineLink(QObject):
                 self._set_state(STARTING, f"connecting to the local engine at {self._url}")
                 self._reprobe()
                 return
-            launch = self._launch = _Launch(self.local_data_dir)
+            launch = self._launch = Launch(self.local_data_dir)
             self._set_state(STARTING, "starting the local engine")
-            run_in_background(lambda: _start_local_engine(launch), self._on_local_started, self._on_local_failed,
+            run_in_background(lambda: start_local_engine(launch), self._on_local_started, self._on_local_failed,
                               self._current_guard())
         else:
             self._url = settings.url.strip().rstrip("/")
@@ -497,7 +272,7 @@ class EngineLink(QObject):
         run_in_background(lambda: _probe(url, token, verify), self._on_probe_ok, self._on_probe_failed,
                           self._current_guard())
 
-    def _on_probe_ok(self, result: tuple[_LinkClient, list[dict]] | EngineUnauthorized) -> None:
+    def _on_probe_ok(self, result: tuple[LinkClient, list[JobView]] | EngineUnauthorized) -> None:
         self._probe_in_flight = False
         if isinstance(result, EngineUnauthorized):
             self._unauthorized(result)
@@ -522,7 +297,7 @@ class EngineLink(QObject):
         self._poll_in_flight = True
         run_in_background(lambda: _poll(client), self._on_jobs, self._on_poll_failed, self._current_guard())
 
-    def _on_jobs(self, jobs: list[dict] | EngineUnauthorized) -> None:
+    def _on_jobs(self, jobs: list[JobView] | EngineUnauthorized) -> None:
         self._poll_in_flight = False
         if isinstance(jobs, EngineUnauthorized):  # e.g. the engine was restarted with another token
             self._unauthorized(jobs)
@@ -550,26 +325,31 @@ class EngineLink(QObject):
         self._set_state(UNREACHABLE, message)
         self._retry_timer.start()
 
-    def _apply_jobs(self, jobs: list[dict]) -> None:
-        jobs = sorted(jobs, key=lambda j: j.get("created") or 0.0, reverse=True)
-        finished: list[dict] = []
+    def _apply_jobs(self, jobs: list[JobView]) -> None:
+        jobs = sorted(jobs, key=lambda j: j.created or 0.0, reverse=True)
+        finished: list[JobView] = []
         if self._seen_final is None:
-            # Jobs already over when we connected are history, not news: no job_finished for them.
-            self._seen_final = {j["id"] for j in jobs if j["state"] in FINAL_STATES}
+            # Jobs already over when we connected are history, not news: no job_finished for them, except those
+            # submitted here whose outcome arrived while the connection was being replaced.
+            self._seen_final = {j.id for j in jobs if j.done}
+            finished = [j for j in jobs if j.done and j.id in self._on_finished]
         else:
             for job in jobs:
-                if job["state"] in FINAL_STATES and job["id"] not in self._seen_final:
-                    self._seen_final.add(job["id"])
+                if job.done and job.id not in self._seen_final:
+                    self._seen_final.add(job.id)
                     finished.append(job)
         if jobs != self._jobs:
             self._jobs = jobs
             self.jobs_changed.emit(jobs)
         for job in reversed(finished):  # oldest first
+            callback = self._on_finished.pop(job.id, None)
+            if callback is not None:
+                _deliver(callback, job)
             self.job_finished.emit(job)
 
     # ----------------------------------------------------------------------------------------- requests
 
-    def _call(self, fn: Callable[[_LinkClient], Any], on_done: Callable[[Any], None] | None,
+    def _call(self, fn: Callable[[LinkClient], Any], on_done: Callable[[Any], None] | None,
               on_error: Callable[[str], None] | None) -> None:
         client = self._client
         if client is None or self._state != CONNECTED:
@@ -583,10 +363,17 @@ class EngineLink(QObject):
         run_in_background(lambda: fn(client), on_done, on_error or self.error.emit, self._current_guard())
 
     def submit(self, kind: str, params: dict[str, Any], on_done: Callable[[str], None] | None = None,
-               on_error: Callable[[str], None] | None = None) -> None:
-        """Submit a job; `on_done(job_id)` or `on_error(one_line)` on the GUI thread; the job list refreshes."""
+               on_error: Callable[[str], None] | None = None,
+               on_finished: Callable[[JobView], None] | None = None) -> None:
+        """Submit a job; `on_done(job_id)` or `on_error(one_line)` on the GUI thread; the job list refreshes.
+
+        `on_finished(job)` runs once on the GUI thread when that job reaches a final state (succeeded, failed or
+        cancelled), before `job_finished` is emitted for it: the submitter handles its own outcome.
+        """
 
         def done(job_id: str) -> None:
+            if on_finished is not None:
+                self._on_finished[job_id] = on_finished
             self.refresh()
             if on_done is not None:
                 on_done(job_id)
@@ -609,12 +396,12 @@ class EngineLink(QObject):
         """The job's whole log text (stdout and stderr of its worker)."""
         self._call(lambda c: c.logs(job_id), callback, on_error)
 
-    def fetch_model(self, job: dict, callback: Callable[[Path], None],
+    def fetch_model(self, job: JobView, callback: Callable[[Path], None],
                     on_error: Callable[[str], None] | None = None) -> None:
-        """A local folder with the model (model.onnx + model.json) of a succeeded train_anomaly job."""
-        self.fetch_artifact_dir(job, "model", callback, on_error)
+        """A local folder with the scoring model of a succeeded job whose kind declares a model output."""
+        self.fetch_artifact_dir(job, model_output(job.kind) or "model", callback, on_error)
 
-    def fetch_artifact_dir(self, job: dict, prefix: str, callback: Callable[[Path], None],
+    def fetch_artifact_dir(self, job: JobView, prefix: str, callback: Callable[[Path], None],
                            on_error: Callable[[str], None] | None = None) -> None:
         """A local folder holding the job's artifacts under `prefix` ("model", "predictions", ...).
 
@@ -624,14 +411,14 @@ class EngineLink(QObject):
         """
         on_error = on_error or self.error.emit
         prefix = prefix.strip("/")
-        job_id = str(job.get("id", ""))
-        if job.get("state") != "succeeded":
-            message = f"job {job_id} has no outputs to use: it is {job.get('state', 'unknown')}"
+        job_id = job.id
+        if job.state != "succeeded":
+            message = f"job {job_id} has no outputs to use: it is {job.state}"
             QTimer.singleShot(0, lambda: on_error(message))
             return
         if self.is_local:
             path = self._local_artifact_dir(job, prefix)
-            run_in_background(lambda: _existing_dir(path, job_id, prefix), callback, on_error)
+            run_in_background(lambda: existing_dir(path, job_id, prefix), callback, on_error)
             return
         dest = artifact_cache_dir(job_id, prefix)
         url, token, verify = self._url, self._token, self._verify
@@ -644,69 +431,62 @@ class EngineLink(QObject):
             self._fetched[(job_id, prefix)] = path
             callback(path)
 
-        run_in_background(lambda: _download_prefix(url, token, verify, job_id, prefix, dest), remember, on_error)
+        run_in_background(lambda: download_prefix(url, token, verify, job_id, prefix, dest), remember, on_error)
 
-    def _local_artifact_dir(self, job: dict, prefix: str) -> Path:
-        result = job.get("result") or {}
-        if prefix == "model" and result.get("run_dir"):
+    def _local_artifact_dir(self, job: JobView, prefix: str) -> Path:
+        result = job.result or {}
+        if prefix == model_output(job.kind) and result.get("run_dir"):
             return Path(result["run_dir"])
-        # The engine's layout (engine.server.api.Engine.artifacts_dir): DATA_DIR/jobs/<id>/artifacts/<prefix>.
-        return self.local_data_dir / "jobs" / str(job["id"]) / "artifacts" / prefix
+        return artifact_dir(self.local_data_dir, job.id, prefix)
 
-    def known_artifact_dir(self, job: dict, prefix: str = "model") -> Path | None:
+    def known_artifact_dir(self, job: JobView, prefix: str = "model") -> Path | None:
         """The local folder of a job's outputs when known without asking anyone (local engine, or fetched)."""
-        if self.is_local and job.get("state") == "succeeded":
+        if self.is_local and job.state == "succeeded":
             return self._local_artifact_dir(job, prefix.strip("/"))
-        return self._fetched.get((str(job.get("id")), prefix.strip("/")))
+        return self._fetched.get((job.id, prefix.strip("/")))
+
+    def engine_path(self, folder: Path, prefix: str = "model") -> str:
+        """How to name a local folder of job outputs to this engine (a job parameter such as `model`).
+
+        A local engine reads this computer's disk: the path itself. A remote engine cannot: a folder that came
+        from one of its jobs is named by that job's artifact ref (job:<id>/<prefix>), never by the download
+        cache's path; any other local folder is refused with a clear error (uploading is not supported yet).
+        """
+        folder = Path(folder)
+        if self.is_local:
+            return str(folder)
+        ref = self.artifact_ref_for(folder, prefix)
+        if ref is not None:
+            return ref
+        raise DefectScopeError(
+            f"{folder} is a folder on this computer; the remote engine at {self._url or 'its address'} cannot "
+            f"read it. Use a {prefix} the engine trained (Models panel), or switch to the local engine "
+            "(Engine ▸ Settings); sending models to a remote engine is not supported yet.")
+
+    def artifact_ref_for(self, folder: Path, prefix: str = "model") -> str | None:
+        """job:<id>/<prefix> when `folder` is this engine's job output downloaded here, else None."""
+        for (job_id, name), path in self._fetched.items():
+            if name == prefix and _same_path(path, folder):
+                return artifact_ref(job_id, name)
+        for job in self._jobs:  # downloaded in an earlier session: the cache folder names the job
+            if job.state == "succeeded" and _same_path(artifact_cache_dir(job.id, prefix), folder):
+                return artifact_ref(job.id, prefix)
+        return None
 
 
-def artifact_cache_dir(job_id: str, prefix: str) -> Path:
-    """Where artifacts of a remote job are kept: models/<job_id>/ for models, downloads/<job_id>/<prefix>/ else."""
-    # The id comes from the engine's answer: only the engine's own id format may become a folder name.
-    if not re.fullmatch(r"[0-9a-f]{6,64}", job_id) or not re.fullmatch(r"[A-Za-z0-9_]{1,64}", prefix):
-        raise DefectScopeError(f"refusing job id {job_id!r} / artifact folder {prefix!r} from the engine")
-    home = default_data_home()
-    return home / "models" / job_id if prefix == "model" else home / "downloads" / job_id / prefix
-
-
-def _existing_dir(path: Path, job_id: str, prefix: str) -> Path:
-    if not path.is_dir():
-        raise DefectScopeError(f"job {job_id}: its {prefix} folder {path} is missing")
-    return path
-
-
-def _download_prefix(url: str, token: str, verify: bool | str, job_id: str, prefix: str, dest: Path) -> Path:
-    """Runs on a pool thread: the artifacts under prefix/ into `dest` (verified), or the cached folder."""
-    if dest.is_dir():
-        return dest
-    staging = dest.parent / f".{dest.name}.partial-{os.getpid()}-{threading.get_ident()}"
-    shutil.rmtree(staging, ignore_errors=True)
+def _same_path(a: Path, b: Path) -> bool:
     try:
-        with _PrefixClient(url, token or None, prefix, verify=verify) as client:
-            written = client.download(job_id, staging)
-        if not written:
-            raise DefectScopeError(f"job {job_id} has no artifacts under {prefix}/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            (staging / prefix).rename(dest)
-        except OSError:
-            if not dest.is_dir():  # another download finished first: use its (complete) folder
-                raise
-        return dest
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
-def read_model_metadata(model_dir: Path) -> dict:
-    """model.json (or multimodal.json, an RGB + 3D model) of a model folder (blocking: run it in the background)."""
-    path = Path(model_dir) / "model.json"
-    if (Path(model_dir) / "multimodal.json").is_file():
-        path = Path(model_dir) / "multimodal.json"
-    elif not (Path(model_dir) / "model.onnx").is_file():
-        raise DefectScopeError(f"{model_dir}: no model.onnx in this folder")
+def _deliver(callback: Callable[[JobView], None], job: JobView) -> None:
+    """A submitter's callback must not stop the others (or the job_finished signal) from getting the news."""
+    owner = getattr(callback, "__self__", None)
+    if isinstance(owner, QObject) and not shiboken6.isValid(owner):
+        return  # e.g. a controller of a window closed meanwhile
     try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise DefectScopeError(f"{path}: cannot read ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise DefectScopeError(f"{path}: not valid JSON ({exc.msg})") from None
+        callback(job)
+    except Exception:
+        log.exception("on_finished callback of job %s failed", job.id)

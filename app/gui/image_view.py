@@ -8,6 +8,11 @@ on the GUI thread when the image size becomes known.
 Contract for callers: `load(path, key)` (or `set_image`) first, then the overlays for that key. Changing the
 key clears the overlays of the previous image; until the new image's first pixels arrive the overlay layer
 is hidden, so a new mask is never shown over the previous picture.
+
+Why one module of ~770 lines: the loader, the level-of-detail pyramid item and the overlays share the view's
+load generation and ticket (what makes a stale load or overlay harmless); split apart, that state would have to
+be public. Why its own thread pool rather than app.gui.tasks: a load reports twice (a quick preview, then the
+full image) and is cancelled by ticket while queued, which the task pool's one-result tasks do not do.
 """
 
 from __future__ import annotations

@@ -43,11 +43,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.gui.contracts import JobView
 from app.gui.engine_link import ACTIVE_STATES, EngineLink
 
 COLUMNS = ("ID", "Kind", "State", "Progress", "Message", "Placement", "Created")
 COL_ID, COL_KIND, COL_STATE, COL_PROGRESS, COL_MESSAGE, COL_PLACEMENT, COL_CREATED = range(len(COLUMNS))
-JobRole = int(Qt.ItemDataRole.UserRole) + 1  # the job dict of the row
+JobRole = int(Qt.ItemDataRole.UserRole) + 1  # the JobView of the row
 ProgressRole = int(Qt.ItemDataRole.UserRole) + 2  # progress 0..1 as a float
 
 LOG_POLL_MS = 1000
@@ -71,7 +72,7 @@ class JobsModel(QAbstractTableModel):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self._jobs: list[dict] = []
+        self._jobs: list[JobView] = []
 
     # -- Qt model API
     def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
@@ -93,64 +94,64 @@ class JobsModel(QAbstractTableModel):
         if role == JobRole:
             return job
         if role == ProgressRole:
-            return float(job.get("progress") or 0.0)
-        failed = job["state"] == "failed"
+            return float(job.progress or 0.0)
+        failed = job.state == "failed"
         if role == Qt.ItemDataRole.DisplayRole:
             if col == COL_ID:
-                return job["id"]
+                return job.id
             if col == COL_KIND:
-                return job["kind"]
+                return job.kind
             if col == COL_STATE:
-                return job["state"]
+                return job.state
             if col == COL_PROGRESS:
-                return f"{float(job.get('progress') or 0.0) * 100:.0f}%"
+                return f"{float(job.progress or 0.0) * 100:.0f}%"
             if col == COL_MESSAGE:
-                return _first_line(job.get("error") or "") if failed else (job.get("message") or "")
+                return _first_line(job.error or "") if failed else (job.message or "")
             if col == COL_PLACEMENT:
-                return job.get("placement") or ""
+                return job.placement or ""
             if col == COL_CREATED:
-                return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.get("created") or 0))
+                return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created or 0))
         if role == Qt.ItemDataRole.ForegroundRole:
             if col == COL_STATE:
-                return STATE_COLORS.get(job["state"])
+                return STATE_COLORS.get(job.state)
             if col == COL_MESSAGE and failed:
                 return ERROR_COLOR
         if role == Qt.ItemDataRole.ToolTipRole:
             if failed and col in (COL_MESSAGE, COL_STATE, COL_PROGRESS):
-                return job.get("error") or "failed"
+                return job.error or "failed"
             if col == COL_MESSAGE:
-                return job.get("message") or None
+                return job.message or None
             if col in (COL_ID, COL_KIND):
-                params = "\n".join(f"{k} = {v}" for k, v in sorted((job.get("params") or {}).items()))
-                return f"{job['kind']} {job['id']}\n{params}"
+                params = "\n".join(f"{k} = {v}" for k, v in sorted((job.params or {}).items()))
+                return f"{job.kind} {job.id}\n{params}"
             if col == COL_PLACEMENT:
-                return job.get("placement") or None
+                return job.placement or None
         return None
 
     # -- updates
-    def job_at(self, row: int) -> dict | None:
+    def job_at(self, row: int) -> JobView | None:
         return self._jobs[row] if 0 <= row < len(self._jobs) else None
 
     def row_of(self, job_id: str) -> int:
-        return next((i for i, j in enumerate(self._jobs) if j["id"] == job_id), -1)
+        return next((i for i, j in enumerate(self._jobs) if j.id == job_id), -1)
 
-    def set_jobs(self, jobs: list[dict]) -> None:
-        new = sorted(jobs, key=lambda j: j.get("created") or 0.0, reverse=True)
-        new_ids = [j["id"] for j in new]
+    def set_jobs(self, jobs: list[JobView]) -> None:
+        new = sorted(jobs, key=lambda j: j.created or 0.0, reverse=True)
+        new_ids = [j.id for j in new]
         wanted = set(new_ids)
         # 1. rows that went away, bottom up so the row numbers above stay right
         for row in range(len(self._jobs) - 1, -1, -1):
-            if self._jobs[row]["id"] not in wanted:
+            if self._jobs[row].id not in wanted:
                 self.beginRemoveRows(QModelIndex(), row, row)
                 del self._jobs[row]
                 self.endRemoveRows()
-        old_ids = [j["id"] for j in self._jobs]
+        old_ids = [j.id for j in self._jobs]
         kept = [i for i in new_ids if i in set(old_ids)]
         if kept != old_ids:
             # Survivors changed order (not seen in practice: `created` never changes). A layout change keeps
             # persistent indexes, hence the selection, pointing at the same jobs.
             self.layoutAboutToBeChanged.emit()
-            by_id = {j["id"]: j for j in self._jobs}
+            by_id = {j.id: j for j in self._jobs}
             before = self.persistentIndexList()
             self._jobs = [by_id[i] for i in kept]
             pos = {i: r for r, i in enumerate(kept)}
@@ -159,7 +160,7 @@ class JobsModel(QAbstractTableModel):
             self.layoutChanged.emit()
         # 2. new rows where they belong (new jobs come at the top: newest first)
         for row, job in enumerate(new):
-            if row >= len(self._jobs) or self._jobs[row]["id"] != job["id"]:
+            if row >= len(self._jobs) or self._jobs[row].id != job.id:
                 self.beginInsertRows(QModelIndex(), row, row)
                 self._jobs.insert(row, job)
                 self.endInsertRows()
@@ -186,8 +187,8 @@ class ProgressDelegate(QStyledItemDelegate):
         bar = QStyleOptionProgressBar()
         bar.rect = option.rect.adjusted(3, 3, -3, -3)  # type: ignore[attr-defined]
         bar.minimum, bar.maximum = 0, 100
-        state = job["state"]
-        fraction = float(job.get("progress") or 0.0)
+        state = job.state
+        fraction = float(job.progress or 0.0)
         bar.progress = 100 if state == "succeeded" else round(fraction * 100)
         bar.text = f"{bar.progress}%" if state in ("running", "succeeded") else state
         bar.textVisible = True
@@ -283,11 +284,11 @@ class JobsPanel(QWidget):
 
     # ----------------------------------------------------------------------------------------- public
 
-    def jobs(self) -> list[dict]:
+    def jobs(self) -> list[JobView]:
         """The jobs as the table shows them, newest first."""
         return [job for row in range(self.model.rowCount()) if (job := self.model.job_at(row)) is not None]
 
-    def selected_job(self) -> dict | None:
+    def selected_job(self) -> JobView | None:
         rows = self.table.selectionModel().selectedRows()
         return self.model.job_at(rows[0].row()) if rows else None
 
@@ -311,24 +312,24 @@ class JobsPanel(QWidget):
         self.status_label.setStyleSheet(f"color: {ERROR_COLOR.name()};" if bad else "")
         self._update_buttons()
 
-    def _on_jobs(self, jobs: list[dict]) -> None:
+    def _on_jobs(self, jobs: list[JobView]) -> None:
         self.model.set_jobs(jobs)
         self._update_buttons()
         if self._cancelling is not None:
             row = self.model.row_of(self._cancelling)
             cancelled = self.model.job_at(row)
-            if cancelled is None or cancelled["state"] not in ACTIVE_STATES:
+            if cancelled is None or cancelled.state not in ACTIVE_STATES:
                 self._cancelling = None
                 self.message_label.clear()
         job = self.selected_job()
-        if job is not None and job["id"] == self._log_job:
+        if job is not None and job.id == self._log_job:
             self._trail(job)
             self._follow_log(job)
 
     def _selection_changed(self, *_: object) -> None:
         job = self.selected_job()
         self._update_buttons()
-        new_id = job["id"] if job is not None else None
+        new_id = job.id if job is not None else None
         if new_id == self._log_job:
             return
         if self._cancelling is None:
@@ -339,36 +340,36 @@ class JobsPanel(QWidget):
         self._log_shown = 0
         self._trail_key = None
         self.log_view.clear()
-        self._log_title = f"Log of {job['kind']} {job['id']}" if job else "Log"
+        self._log_title = f"Log of {job.kind} {job.id}" if job else "Log"
         self.log_title.setText(self._log_title)
         if job is None:
             self._log_timer.stop()
             return
-        created = time.strftime("%H:%M:%S", time.localtime(job.get("created") or 0))
-        self._append_line(f"{TRAIL_MARK} {job['kind']} {job['id']}, submitted {created}")
+        created = time.strftime("%H:%M:%S", time.localtime(job.created or 0))
+        self._append_line(f"{TRAIL_MARK} {job.kind} {job.id}, submitted {created}")
         self._trail(job)
         self._fetch_log()
         self._follow_log(job)
 
-    def _trail(self, job: dict) -> None:
+    def _trail(self, job: JobView) -> None:
         """One line per change of state or message, so a job that prints nothing still shows what it does."""
-        key = (job["state"], job.get("message") or "", job.get("error") or "")
+        key = (job.state, job.message or "", job.error or "")
         if key == self._trail_key:
             return
         self._trail_key = key
         now = time.strftime("%H:%M:%S")
-        pct = f"{float(job.get('progress') or 0.0) * 100:3.0f}%"
-        if job["state"] == "failed":
-            text = f"failed: {job.get('error') or job.get('message') or ''}"
-        elif job["state"] in ("succeeded", "cancelled"):
-            text = job["state"]
+        pct = f"{float(job.progress or 0.0) * 100:3.0f}%"
+        if job.state == "failed":
+            text = f"failed: {job.error or job.message or ''}"
+        elif job.state in ("succeeded", "cancelled"):
+            text = job.state
         else:
-            text = f"{job['state']:8s} {pct}  {job.get('message') or ''}"
+            text = f"{job.state:8s} {pct}  {job.message or ''}"
         self._append_line(f"{TRAIL_MARK} {now}  {text}".rstrip())
 
-    def _follow_log(self, job: dict) -> None:
+    def _follow_log(self, job: JobView) -> None:
         # Poll while the job can still write; one last fetch once it is over, then stop.
-        if job["state"] in ACTIVE_STATES:
+        if job.state in ACTIVE_STATES:
             if not self._log_timer.isActive():
                 self._log_timer.start()
         else:
@@ -425,13 +426,13 @@ class JobsPanel(QWidget):
     def _update_buttons(self) -> None:
         job = self.selected_job()
         self.cancel_button.setEnabled(
-            job is not None and job["state"] in ACTIVE_STATES and self._link.state == "connected")
+            job is not None and job.state in ACTIVE_STATES and self._link.state == "connected")
 
     def _cancel_selected(self) -> None:
         job = self.selected_job()
-        if job is None or job["state"] not in ACTIVE_STATES:
+        if job is None or job.state not in ACTIVE_STATES:
             return
-        job_id = job["id"]
+        job_id = job.id
         self.cancel_button.setEnabled(False)  # until the next job list says what happened
         self._cancelling = job_id
         self.message_label.setStyleSheet("")

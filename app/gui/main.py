@@ -31,7 +31,7 @@ class DemoPipeline:
     """The quick start's story: open the demo set, train a model through the engine if none exists, score it."""
 
     def __init__(self, window) -> None:
-        from engine.datasets.demo import default_data_home
+        from app.gui.contracts import default_data_home
 
         self.window = window
         self.run_dir = default_data_home() / DEMO_RUN
@@ -39,12 +39,11 @@ class DemoPipeline:
         self.scored = False
         window.dataset_loaded.connect(self._on_dataset)
         window.link.status_changed.connect(self._on_engine)
-        window.link.job_finished.connect(self._on_job)
 
     def _on_dataset(self, _root: str) -> None:
         if (self.run_dir / "model.onnx").is_file():
-            self.window.set_model(self.run_dir)
-            if self.window.predictions is None:
+            self.window.models.set_model(self.run_dir)
+            if self.window.scoring.predictions is None:
                 self._on_engine(self.window.link.state, "")
         else:
             self._on_engine(self.window.link.state, "")
@@ -53,22 +52,24 @@ class DemoPipeline:
         if state != "connected" or self.window.dataset is None:
             return
         if (self.run_dir / "model.onnx").is_file():
-            if self.window.predictions is None and not self.scored:
+            if self.window.scoring.predictions is None and not self.scored:
                 self.scored = True
-                self.window.score_dataset()
+                self.window.scoring.score_dataset()
             return
         if self.train_job is None:
             self.train_job = "submitting"
             params = {"data": str(self.window.dataset.root), "image_size": 256, "device": "auto"}
-            self.window.link.submit("train_anomaly", params, on_done=self._on_train_submitted,
-                                    on_error=self.window.show_error)
+            self.window.link.submit("train_anomaly", params, on_finished=self._on_trained,
+                                    on_error=self._on_refused)
             self.window.status_message.emit("No demo model yet: training one through the engine (see Jobs).")
 
-    def _on_train_submitted(self, job_id: str) -> None:
-        self.train_job = job_id
+    def _on_refused(self, message: str) -> None:
+        self.train_job = None
+        self.window.show_error(message)
 
-    def _on_job(self, job: dict) -> None:
-        if job.get("id") != self.train_job or job.get("state") != "succeeded":
+    def _on_trained(self, job) -> None:  # JobView
+        if job.state != "succeeded":
+            self.window.show_error(f"Training the demo model failed: {job.error}")
             return
         self.window.link.fetch_model(job, self._on_model, self.window.show_error)
 
@@ -79,10 +80,10 @@ class DemoPipeline:
         if not (self.run_dir / "model.onnx").is_file():
             self.run_dir.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(model_dir, self.run_dir, dirs_exist_ok=True)
-        self.window.models_panel.add_model_dir(self.run_dir)
-        self.window.set_model(self.run_dir)
+        self.window.models.panel.add_model_dir(self.run_dir)
+        self.window.models.set_model(self.run_dir)
         self.scored = True
-        self.window.score_dataset()
+        self.window.scoring.score_dataset()
 
 
 def run_gui(opts: GuiOptions) -> int:
@@ -109,7 +110,7 @@ def run_gui(opts: GuiOptions) -> int:
     elif opts.dataset is not None:
         window.open_dataset(opts.dataset, opts.category)
     if opts.model is not None:
-        window.set_model(opts.model)
+        window.models.set_model(opts.model)
         if opts.score:
             window.dataset_loaded.connect(lambda _r: _score_when_ready(window))
     def finish() -> None:
@@ -124,21 +125,21 @@ def run_gui(opts: GuiOptions) -> int:
         QTimer.singleShot(opts.quit_after_ms, finish)
     if opts.quit_when_scored:
         # Give the first heatmap and the thumbnails a moment to arrive before the picture is taken.
-        window.predictions_loaded.connect(lambda _n: QTimer.singleShot(3000, finish))
+        window.scoring.predictions_loaded.connect(lambda _n: QTimer.singleShot(3000, finish))
     elif opts.screenshot is not None and opts.quit_after_ms is None:
-        window.predictions_loaded.connect(lambda _n: QTimer.singleShot(1500, lambda: window.grab().save(
+        window.scoring.predictions_loaded.connect(lambda _n: QTimer.singleShot(1500, lambda: window.grab().save(
             str(opts.screenshot))))
     return app.exec()
 
 
 def _score_when_ready(window) -> None:
     if window.link.state == "connected":
-        window.score_dataset()
+        window.scoring.score_dataset()
         return
 
     def on_status(state: str, _d: str) -> None:
         if state == "connected":
             window.link.status_changed.disconnect(on_status)
-            window.score_dataset()
+            window.scoring.score_dataset()
 
     window.link.status_changed.connect(on_status)

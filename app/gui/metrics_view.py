@@ -7,12 +7,12 @@ computed on a worker thread and drawn when ready; everything else is instant and
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QObject, Qt, Signal
+import shiboken6
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QGridLayout,
@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.gui.tasks import run_in_background
 from app.review.threshold import ScoreSet, ThresholdImpact
 from engine.metrics import f1_max, image_auroc, roc_curve_points
 from engine.metrics.pixel import pixel_histogram
@@ -72,12 +73,6 @@ class _Panel(QStackedWidget):
         return self.plot.getPlotItem().titleLabel.text
 
 
-class _ProJob(QObject):
-    """Carries a PRO result from the worker thread to the GUI thread (a queued signal)."""
-
-    done = Signal(int, object)  # generation, (fpr, pro, aupro) or a message str
-
-
 class MetricsView(QWidget):
     """Image ROC, pixel PRO, score histogram with threshold line, per-defect recall table and a summary line.
 
@@ -101,7 +96,6 @@ class MetricsView(QWidget):
         self._syncing = False
         self._x_range = (0.0, 1.0)  # score range of the histogram
         self._pro_generation = 0
-        self._pro_job: _ProJob | None = None
         self.impact: ThresholdImpact | None = None  # at the current threshold, None before results
 
         self.roc = _Panel("ROC", "false positive rate", "true positive rate")
@@ -142,6 +136,10 @@ class MetricsView(QWidget):
         layout.addWidget(self.histogram, 1, 0)
         layout.addWidget(self.recall_table, 1, 1)
         layout.addWidget(self.summary, 2, 0, 1, 2)
+        # Which images the figures count (e.g. the test split only, as `defectscope eval`): set by the caller.
+        self.scope_label = QLabel(wordWrap=True)
+        self.scope_label.setStyleSheet("color: #555;")
+        layout.addWidget(self.scope_label, 3, 0, 1, 2)
         layout.setRowStretch(0, 1)
         layout.setRowStretch(1, 1)
         self._clear("No results yet.")
@@ -193,6 +191,11 @@ class MetricsView(QWidget):
 
     def threshold(self) -> float | None:
         return self._threshold
+
+    def set_scope(self, text: str) -> None:
+        """One line saying which images the figures include."""
+        self.scope_label.setText(text)
+        self.scope_label.setVisible(bool(text))
 
     # ------------------------------------------------------------------------------------------------ drawing
 
@@ -350,16 +353,15 @@ class MetricsView(QWidget):
         keys = [k for k in maps if masks.get(k) is not None or k in good]
         pairs = ([maps[k] for k in keys], [masks.get(k) for k in keys])
         generation = self._pro_generation
-        job = _ProJob()
-        job.done.connect(self._on_pro_done)
-        self._pro_job = job  # referenced until the result arrives
         self.pro.show_message("Computing the PRO curve…")
-        threading.Thread(target=_compute_pro, args=(job, generation, *pairs), daemon=True).start()
+        # The GUI's one background mechanism; a view deleted meanwhile gets nothing (a bound method's owner).
+        run_in_background(lambda: _compute_pro(*pairs), lambda result: self._on_pro_done(generation, result),
+                          lambda message: self._on_pro_done(generation, f"Cannot compute the PRO curve: {message}"),
+                          guard=lambda: shiboken6.isValid(self), lane="compute")
 
     def _on_pro_done(self, generation: int, result: object) -> None:
         if generation != self._pro_generation:
             return  # results were replaced while this was computing
-        self._pro_job = None
         if isinstance(result, str):
             self.pro.show_message(result)
         else:
@@ -373,20 +375,15 @@ class MetricsView(QWidget):
         self.pro_ready.emit()
 
 
-def _compute_pro(job: _ProJob, generation: int, maps: list, masks: list) -> None:
-    """Worker thread: one histogram pass serves both the curve and its area."""
-    try:
-        if not maps:
-            raise ValueError("no anomaly map has a mask (or is of a good image)")
-        hist = pixel_histogram(maps, masks)
-        if hist is None:
-            result: object = "No defect pixels in the masks: the PRO curve needs at least one defect region."
-        else:
-            fpr, pro = hist.pro_curve(PRO_FPR_LIMIT)
-            result = (fpr, pro, hist.aupro(PRO_FPR_LIMIT))
-    except Exception as exc:  # shown in the panel: a worker thread has nowhere else to report to
-        result = f"Cannot compute the PRO curve: {exc}"
-    job.done.emit(generation, result)
+def _compute_pro(maps: list, masks: list) -> object:
+    """Pool thread: one histogram pass serves both the curve and its area; a message str when there is none."""
+    if not maps:
+        return "Cannot compute the PRO curve: no anomaly map has a mask (or is of a good image)"
+    hist = pixel_histogram(maps, masks)
+    if hist is None:
+        return "No defect pixels in the masks: the PRO curve needs at least one defect region."
+    fpr, pro = hist.pro_curve(PRO_FPR_LIMIT)
+    return fpr, pro, hist.aupro(PRO_FPR_LIMIT)
 
 
 def _summary_text(i: ThresholdImpact) -> str:

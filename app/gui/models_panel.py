@@ -1,9 +1,10 @@
 """The models panel: models trained by the engine, plus model folders the user added from disk.
 
-Engine models come from succeeded train_anomaly, train_multimodal and train_unified jobs (kept in sync with
-`EngineLink.jobs_changed`); using one goes through `EngineLink.fetch_model`, which is the job's own folder with a
-local engine and a verified download with a remote one. Added folders are remembered in the GUI's ini file. Reading a folder's model.json
-happens off the GUI thread (the folder may sit on a slow network share).
+Engine models come from succeeded jobs whose kind declares a model output (`JobKind.model_output`, kept in sync
+with `EngineLink.jobs_changed`): a new trainer kind shows here without a change to this file. Using one goes
+through `EngineLink.fetch_model`, which is the job's own folder with a local engine and a verified download with a
+remote one. Added folders are remembered in the GUI's ini file; they are read through the model-format owner
+(`read_model_info`) off the GUI thread (the folder may sit on a slow network share).
 """
 
 from __future__ import annotations
@@ -25,22 +26,28 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.engine_link import EngineLink, gui_settings, read_model_metadata
+from app.gui.contracts import JobView, ModelInfo, model_output, read_model_info
+from app.gui.engine_link import EngineLink, gui_settings
 from app.gui.tasks import run_in_background
 
 FOLDERS_KEY = "models/folders"  # a JSON list: QSettings turns a one-element list into a plain string in ini
-TRAIN_KINDS = ("train_anomaly", "train_multimodal", "train_unified")  # job kinds whose "model" artifact is a model
 KindRole = int(Qt.ItemDataRole.UserRole) + 1  # "job" | "folder"
-PayloadRole = int(Qt.ItemDataRole.UserRole) + 2  # the job dict, or the folder path as str
+PayloadRole = int(Qt.ItemDataRole.UserRole) + 2  # the JobView, or the folder path as str
 ERROR_COLOR = QColor(200, 30, 30)
 
 
-def describe_metadata(meta: dict) -> str:
-    """A tooltip from model.json: what the model is and how it was trained."""
+KIND_NAMES = {"multimodal": "RGB + 3D (memory banks, cross-modal stand-ins)",
+              "unified": "unified (one model for many products)"}
+
+
+def describe_metadata(meta: dict, kind: str | None = None) -> str:
+    """A tooltip from a model's metadata (ModelInfo.metadata): what the model is and how it was trained."""
     tr = meta.get("training") or {}
+    if kind is None:  # an engine job's result carries the metadata only
+        kind = ("multimodal" if meta.get("format") == "defectscope.multimodal"
+                else "unified" if meta.get("kind") == "anomaly/unified" else None)
     rows = [
-        ("model", "RGB + 3D (memory banks, cross-modal stand-ins)" if meta.get("format") == "defectscope.multimodal"
-         else "unified (one model for many products)" if meta.get("kind") == "anomaly/unified" else None),
+        ("model", KIND_NAMES.get(kind or "")),
         ("products", ", ".join(meta.get("products") or []) or None),
         ("category", meta.get("category") or "(all)"),
         ("backbone", meta.get("backbone")),
@@ -160,25 +167,26 @@ class ModelsPanel(QWidget):
 
     # ----------------------------------------------------------------------------------------- jobs
 
-    def _on_jobs(self, jobs: list[dict]) -> None:
-        models = [j for j in jobs if j.get("kind") in TRAIN_KINDS and j.get("state") == "succeeded"]
-        wanted = {j["id"] for j in models}
+    def _on_jobs(self, jobs: list[JobView]) -> None:
+        models = [j for j in jobs if j.state == "succeeded" and model_output(j.kind) is not None]
+        wanted = {j.id for j in models}
         for job_id in [i for i in self._job_items if i not in wanted]:
             self._engine_group.removeChild(self._job_items.pop(job_id))
         # jobs arrive newest first; keep that order in the list
         for pos, job in enumerate(models):
-            item = self._job_items.get(job["id"])
+            item = self._job_items.get(job.id)
             if item is None:
                 item = QTreeWidgetItem()
                 item.setData(0, KindRole, "job")
                 self._engine_group.insertChild(pos, item)
-                self._job_items[job["id"]] = item
+                self._job_items[job.id] = item
             item.setData(0, PayloadRole, job)
-            meta = (job.get("result") or {}).get("metadata") or {}
-            category = (job.get("params") or {}).get("category") or meta.get("category") or "all categories"
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.get("finished") or job.get("created") or 0))
-            item.setText(0, f"{category} · {job['id']} · {when}")
-            item.setToolTip(0, describe_metadata(meta) if meta else f"{job.get('kind')} job {job['id']}")
+            meta = (job.result or {}).get("metadata") or {}
+            products = ", ".join((job.result or {}).get("products") or [])
+            category = job.params.get("category") or meta.get("category") or products or "all categories"
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.finished or job.created or 0))
+            item.setText(0, f"{category} · {job.id} · {when}")
+            item.setToolTip(0, describe_metadata(meta) if meta else f"{job.kind} job {job.id}")
         self._update_titles()
         self._update_buttons()
 
@@ -190,18 +198,18 @@ class ModelsPanel(QWidget):
         item.setData(0, PayloadRole, str(path))
         item.setToolTip(0, str(path))
         self._folder_items[str(path)] = item
-        run_in_background(lambda: read_model_metadata(path), lambda meta: self._folder_read(path, meta),
+        run_in_background(lambda: read_model_info(path), lambda info: self._folder_read(path, info),
                           lambda message: self._folder_unusable(path, message))
         self._update_titles()
         return item
 
-    def _folder_read(self, path: Path, meta: dict) -> None:
+    def _folder_read(self, path: Path, info: ModelInfo) -> None:
         item = self._folder_items.get(str(path))
         if item is None:
             return
-        category = meta.get("category") or "all categories"
+        category = info.metadata.get("category") or ", ".join(info.metadata.get("products") or []) or "all categories"
         item.setText(0, f"{category} · {path.name}")
-        item.setToolTip(0, f"{path}\n{describe_metadata(meta)}")
+        item.setToolTip(0, f"{path}\n{describe_metadata(info.metadata, info.kind)}")
         item.setForeground(0, self.palette().text())
 
     def _folder_unusable(self, path: Path, message: str) -> None:
@@ -248,11 +256,11 @@ class ModelsPanel(QWidget):
             path = Path(item.data(0, PayloadRole))
             self._say(f"checking {path}…")
             # Checked off-thread: a folder registered long ago may be gone or be on an unmounted share.
-            run_in_background(lambda: read_model_metadata(path), lambda _meta: self._activate(path), self._fail)
+            run_in_background(lambda: read_model_info(path), lambda _info: self._activate(path), self._fail)
         elif kind == "job":
             job = item.data(0, PayloadRole)
-            self._say(f"getting the model of job {job['id']}…" if self._link.is_local
-                      else f"downloading the model of job {job['id']}…")
+            self._say(f"getting the model of job {job.id}…" if self._link.is_local
+                      else f"downloading the model of job {job.id}…")
             self._link.fetch_model(job, self._activate, self._fail)
 
     def _activate(self, path: Path) -> None:

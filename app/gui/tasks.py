@@ -76,8 +76,9 @@ class _Task(QRunnable):
 _relay: _Relay | None = None
 # Separate lanes, so a queue of disk work (mask decodes while arrowing through a set, PRO maps) never delays
 # the engine polls that keep the connection state and job progress current, and vice versa; the segmenter
-# gets one thread of its own (its encoder already uses both cores; clicks are answered in order).
-LANE_THREADS = {"engine": 4, "disk": 2, "segmenter": 1}
+# gets one thread of its own (its encoder already uses both cores; clicks are answered in order), and so do
+# the metrics' numeric passes (the PRO curve), so a recomputation never queues behind mask decodes.
+LANE_THREADS = {"engine": 4, "disk": 2, "segmenter": 1, "compute": 1}
 _pools: dict[str, QThreadPool] = {}
 
 

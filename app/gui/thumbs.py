@@ -6,7 +6,8 @@ dataset being closed and reopened: two datasets never collide the way root-relat
 Scheduling: pending requests form a LIFO queue, so the rows the user is looking at *now* are rendered before
 those scrolled past a second ago. The queue is bounded (the oldest requests fall off) and `retain()` drops
 everything no longer on screen, so a fast scroll through 10,000 images never decodes the 9,900 it flew over.
-A dropped request is simply asked again by the view the next time that row is painted.
+A dropped request is simply asked again by the view the next time that row is painted. (That scheduling is
+why thumbnails have their own pool instead of app.gui.tasks, whose queue is first in, first out.)
 
 Disk entries are named by a hash of (absolute path, mtime_ns, file size, thumb size, format version): an edited
 image gets a new entry, and a stale one is never served. They are written to a temp file and renamed, so a
@@ -30,7 +31,7 @@ from PIL import Image
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 from PySide6.QtGui import QImage, QPixmap
 
-from engine.datasets.demo import default_data_home
+from app.gui.contracts import default_data_home
 from engine.datasets.imageio import read_preview
 from engine.errors import ImageReadError
 

@@ -146,11 +146,11 @@ class ScoringFeature(Feature):
     # ----------------------------------------------------------------- metrics
     def metric_keys(self, preds: Predictions, scores: dict[str, float]) -> list[str]:
         """The scored images the metrics count: test split only, as `defectscope eval`."""
-        recorded = getattr(preds, "splits", None) or {}  # C2: predictions record each item's resolved split
-        if not recorded:
+        recorded = {k: v for k, v in preds.splits.items() if v}  # the resolved split each item was scored with
+        if len(recorded) < len(scores):  # predictions from before splits were recorded: resolve them here
             w = self.window
             by_path = {s.image_path: s.split for s in resolve_splits(list(w.samples.values()))}
-            recorded = {k: by_path.get(s.image_path, s.split) for k, s in w.samples.items()}
+            recorded = {k: by_path.get(s.image_path, s.split) for k, s in w.samples.items()} | recorded
         return [k for k in scores if recorded.get(k) == METRICS_SPLIT]
 
     def _show_metrics(self, preds: Predictions, scores: dict[str, float]) -> None:

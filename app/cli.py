@@ -249,13 +249,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                     if ev["type"] == "progress":
                         print(f"[{job_id}] {ev['value'] * 100:5.1f}% {ev['message']}", file=sys.stderr)
                 job = client.wait(job_id)
-                print(f"{job_id} {job['state']}" + (f": {job['error']}" if job["error"] else ""))
-                return 0 if job["state"] == "succeeded" else 1
+                print(f"{job_id} {job.state}" + (f": {job.error}" if job.error else ""))
+                return 0 if job.succeeded else 1
         elif action == "list":
             for job in client.jobs():
-                print(f"{job['id']}  {job['kind']:14s} {job['state']:10s} {job['progress'] * 100:5.1f}%  {job['message']}")
+                print(f"{job.id}  {job.kind:14s} {job.state:10s} {job.progress * 100:5.1f}%  {job.message}")
         elif action == "show":
-            print(json.dumps(client.job(args.id), indent=2))
+            print(json.dumps(client.job(args.id).to_dict(), indent=2))
         elif action == "logs":
             print(client.logs(args.id), end="")
         elif action == "cancel":

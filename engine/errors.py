@@ -26,3 +26,7 @@ class ImageReadError(DefectScopeError):
 
 class ModelError(DefectScopeError):
     """A model directory is missing, incomplete or incompatible."""
+
+
+class ArtifactRefError(DefectScopeError):
+    """A job parameter names "job:<id>/<artifact>" that this engine cannot resolve (unknown, unfinished, missing)."""

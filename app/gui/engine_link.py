@@ -49,6 +49,7 @@ from app.gui.tasks import background_executor, run_in_background
 from engine.client import EngineClient
 from engine.datasets.demo import default_data_home
 from engine.errors import DefectScopeError
+from engine.server import layout
 from engine.server.store import FINAL_STATES
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,6 @@ REQUEST_TIMEOUT_S = 10.0  # control calls; a hung engine must not hold a pool th
 DOWNLOAD_TIMEOUT_S = 120.0
 ENGINE_LOG = "engine.log"
 ENGINE_LOG_MAX_BYTES = 5_000_000
-TOKEN_FILE = "token"  # written by `engine serve` into its data dir (engine.server.serve.TOKEN_FILE)
 DEFAULT_REMOTE_URL = "http://127.0.0.1:8765"
 
 
@@ -277,7 +277,7 @@ def _start_local_engine(launch: _Launch) -> tuple[str, str]:
                 except DefectScopeError:
                     time.sleep(0.2)
                     continue
-                token_path = launch.data_dir / TOKEN_FILE
+                token_path = layout.token_file(launch.data_dir)
                 try:
                     token = token_path.read_text().strip()
                 except OSError as exc:
@@ -650,8 +650,7 @@ class EngineLink(QObject):
         result = job.get("result") or {}
         if prefix == "model" and result.get("run_dir"):
             return Path(result["run_dir"])
-        # The engine's layout (engine.server.api.Engine.artifacts_dir): DATA_DIR/jobs/<id>/artifacts/<prefix>.
-        return self.local_data_dir / "jobs" / str(job["id"]) / "artifacts" / prefix
+        return layout.artifact_dir(self.local_data_dir, str(job["id"]), prefix)
 
     def known_artifact_dir(self, job: dict, prefix: str = "model") -> Path | None:
         """The local folder of a job's outputs when known without asking anyone (local engine, or fetched)."""

@@ -187,9 +187,10 @@ def cmd_gui(args: argparse.Namespace) -> int:
 
 def cmd_engine_serve(args: argparse.Namespace) -> int:
     from engine.datasets.demo import default_data_home
+    from engine.server import layout
     from engine.server.serve import serve
 
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_home() / "engine"
+    data_dir = Path(args.data_dir) if args.data_dir else layout.default_data_dir(default_data_home())
     serve(
         args.host, args.port, data_dir, Path(args.token_file) if args.token_file else None, args.max_jobs,
         data_roots=[Path(r) for r in args.data_root] or None,
@@ -207,9 +208,11 @@ def _engine_client(args: argparse.Namespace) -> EngineClient:
     from engine.client import EngineClient
     from engine.datasets.demo import default_data_home
     from engine.errors import DefectScopeError
+    from engine.server import layout
 
     token = os.environ.get("DEFECTSCOPE_TOKEN")
-    token_file = Path(args.token_file) if args.token_file else default_data_home() / "engine" / "token"
+    token_file = (Path(args.token_file) if args.token_file
+                  else layout.token_file(layout.default_data_dir(default_data_home())))
     if args.token_file or (token is None and token_file.is_file()):
         try:
             token = token_file.read_text().strip()

@@ -401,7 +401,7 @@ class EngineLink(QObject):
     @property
     def local_data_dir(self) -> Path:
         """Where a local engine keeps its database, job folders, token and engine.log."""
-        return default_data_home() / "engine"
+        return layout.default_data_dir(default_data_home())
 
     @property
     def engine_pid(self) -> int | None:

@@ -64,6 +64,11 @@ class JobFolder:
         return self.path / ARTIFACTS
 
 
+def default_data_dir(home: Path) -> Path:
+    """The data folder of the local engine (the workbench's own, and `engine serve` without --data-dir)."""
+    return Path(home) / "engine"
+
+
 def database_file(data_dir: Path) -> Path:
     return Path(data_dir) / DATABASE
 

@@ -123,7 +123,7 @@ def test_stored_params_are_the_validated_ones_with_every_default(remote_engine):
     assert [j.id for j in client.jobs()] == [trained.id] and isinstance(client.jobs()[0], JobView)
 
 
-def test_a_remote_engine_scores_with_the_model_it_trained_named_by_ref(remote_engine, trained_model, tmp_path):
+def test_a_remote_engine_scores_with_the_model_it_trained_named_by_ref(remote_engine, tmp_path):
     eng, client, data, trained = remote_engine
     ref = trained.artifact_ref("model")
     job_id = client.submit("score_dataset", {"model": ref, "data": str(data), "category": DEMO_CATEGORY})
@@ -136,9 +136,12 @@ def test_a_remote_engine_scores_with_the_model_it_trained_named_by_ref(remote_en
     assert "predictions/scores.json" in names
     assert client.job(job_id) == job
 
-    # A path on the client's machine means nothing to a remote engine: refused, naming the field.
+    # A path on the client's machine (here: a download of that very model) means nothing to a remote engine.
+    local_copy = tmp_path / "models" / trained.id
+    client.download(trained.id, local_copy)
+    assert (local_copy / "model" / "model.onnx").is_file()
     with pytest.raises(DefectScopeError, match=r"params\.model: .* outside the engine's data roots"):
-        client.submit("score_dataset", {"model": str(trained_model), "data": str(data)})
+        client.submit("score_dataset", {"model": str(local_copy / "model"), "data": str(data)})
     before = len(client.jobs())
     http = eng.client()
     for bad, fragment in (

@@ -184,9 +184,10 @@ def cmd_gui(args: argparse.Namespace) -> int:
 
 def cmd_engine_serve(args: argparse.Namespace) -> int:
     from engine.home import default_data_home
+    from engine.server import layout
     from engine.server.serve import serve
 
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_home() / "engine"
+    data_dir = Path(args.data_dir) if args.data_dir else layout.default_data_dir(default_data_home())
     serve(
         args.host, args.port, data_dir, Path(args.token_file) if args.token_file else None, args.max_jobs,
         data_roots=[Path(r) for r in args.data_root] or None,
@@ -204,9 +205,11 @@ def _engine_client(args: argparse.Namespace) -> EngineClient:
     from engine.client import EngineClient
     from engine.errors import DefectScopeError
     from engine.home import default_data_home
+    from engine.server import layout
 
     token = os.environ.get("DEFECTSCOPE_TOKEN")
-    token_file = Path(args.token_file) if args.token_file else default_data_home() / "engine" / "token"
+    token_file = (Path(args.token_file) if args.token_file
+                  else layout.token_file(layout.default_data_dir(default_data_home())))
     if args.token_file or (token is None and token_file.is_file()):
         try:
             token = token_file.read_text().strip()
@@ -246,13 +249,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                     if ev["type"] == "progress":
                         print(f"[{job_id}] {ev['value'] * 100:5.1f}% {ev['message']}", file=sys.stderr)
                 job = client.wait(job_id)
-                print(f"{job_id} {job['state']}" + (f": {job['error']}" if job["error"] else ""))
-                return 0 if job["state"] == "succeeded" else 1
+                print(f"{job_id} {job.state}" + (f": {job.error}" if job.error else ""))
+                return 0 if job.succeeded else 1
         elif action == "list":
             for job in client.jobs():
-                print(f"{job['id']}  {job['kind']:14s} {job['state']:10s} {job['progress'] * 100:5.1f}%  {job['message']}")
+                print(f"{job.id}  {job.kind:14s} {job.state:10s} {job.progress * 100:5.1f}%  {job.message}")
         elif action == "show":
-            print(json.dumps(client.job(args.id), indent=2))
+            print(json.dumps(client.job(args.id).to_dict(), indent=2))
         elif action == "logs":
             print(client.logs(args.id), end="")
         elif action == "cancel":

@@ -10,14 +10,66 @@ import hashlib
 import json
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from engine.errors import DefectScopeError
+from engine.server.layout import artifact_ref
 from engine.server.store import FINAL_STATES
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as the engine reports it (GET /jobs/<id>): what clients read instead of the raw JSON."""
+
+    id: str
+    kind: str
+    state: str  # queued, running, succeeded, failed, cancelled
+    params: dict[str, Any] = field(default_factory=dict)  # validated: defaults filled, refs resolved, outputs
+    progress: float = 0.0
+    message: str = ""
+    error: str | None = None
+    result: dict[str, Any] | None = None
+    created: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    placement: str | None = None
+    refs: dict[str, str] = field(default_factory=dict)  # path params given as "job:<id>/<artifact>"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobView:
+        """From the engine's JSON; keys a newer engine adds are ignored, a missing id, kind or state is refused."""
+        if not isinstance(data, Mapping):
+            raise DefectScopeError(f"engine: a job should be a JSON object, got {type(data).__name__}")
+        missing = [k for k in ("id", "kind", "state") if k not in data]
+        if missing:
+            raise DefectScopeError(f"engine: job record without {', '.join(missing)}")
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        # An older engine's record lacks refs; null where a value is expected reads as empty.
+        for key, empty in (("params", {}), ("refs", {}), ("progress", 0.0), ("message", "")):
+            if values.get(key) is None:
+                values[key] = empty
+        return cls(**{**values, "id": str(data["id"]), "kind": str(data["kind"]), "state": str(data["state"])})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def done(self) -> bool:
+        """In a final state (succeeded, failed or cancelled): nothing about it changes any more."""
+        return self.state in FINAL_STATES
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "succeeded"
+
+    def artifact_ref(self, name: str = "model") -> str:
+        """How to name this job's artifact `name` to the engine that ran it (e.g. a model to score with)."""
+        return artifact_ref(self.id, name)
 
 
 class EngineClient:
@@ -62,11 +114,11 @@ class EngineClient:
     def submit(self, kind: str, params: dict[str, Any]) -> str:
         return self._request("POST", "/jobs", json={"kind": kind, "params": params}).json()["id"]
 
-    def jobs(self) -> list[dict]:
-        return self._request("GET", "/jobs").json()
+    def jobs(self) -> list[JobView]:
+        return [JobView.from_dict(j) for j in self._request("GET", "/jobs").json()]
 
-    def job(self, job_id: str) -> dict:
-        return self._request("GET", f"/jobs/{job_id}").json()
+    def job(self, job_id: str) -> JobView:
+        return JobView.from_dict(self._request("GET", f"/jobs/{job_id}").json())
 
     def logs(self, job_id: str) -> str:
         return self._request("GET", f"/jobs/{job_id}/logs").text
@@ -106,12 +158,13 @@ class EngineClient:
         except httpx.HTTPError as exc:
             raise DefectScopeError(f"engine at {self.url}: event stream broke off ({exc})") from None
 
-    def wait(self, job_id: str, timeout: float = 3600.0, poll: float = 0.5) -> dict:
+    def wait(self, job_id: str, timeout: float = 3600.0, poll: float = 0.5) -> JobView:
+        """The job once it is done (any final state; check `.state`)."""
         deadline = time.monotonic() + timeout
         while True:
             job = self.job(job_id)
-            if job["state"] in FINAL_STATES:
+            if job.done:
                 return job
             if time.monotonic() > deadline:
-                raise DefectScopeError(f"job {job_id} still {job['state']} after {timeout:.0f} s")
+                raise DefectScopeError(f"job {job_id} still {job.state} after {timeout:.0f} s")
             time.sleep(poll)

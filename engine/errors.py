@@ -30,3 +30,7 @@ class ModelError(DefectScopeError):
 
 class FolderNotOwnedError(DatasetError):
     """A folder that would be replaced holds something DefectScope did not write there (a user's own data)."""
+
+
+class ArtifactRefError(DefectScopeError):
+    """A job parameter names "job:<id>/<artifact>" that this engine cannot resolve (unknown, unfinished, missing)."""

@@ -21,9 +21,8 @@ import traceback
 from pathlib import Path
 from typing import Any, TextIO
 
-JOB_FILE = "job.json"
-EVENTS_FILE = "events.jsonl"
-CANCEL_FILE = "cancel"
+from engine.server.layout import JobFolder
+
 HEARTBEAT_S = 2.0
 ENGINE_PID_ENV = "DEFECTSCOPE_ENGINE_PID"
 
@@ -99,7 +98,7 @@ def run_local(job_dir: Path, spec: dict, events: EventWriter) -> int:
     from engine.jobs import run_job
 
     def progress(value: float, message: str) -> None:
-        if (job_dir / CANCEL_FILE).exists():
+        if JobFolder(job_dir).cancel_flag.exists():
             raise JobCancelled
         events.emit("progress", value=round(float(value), 4), message=message)
 
@@ -118,7 +117,7 @@ def run_local(job_dir: Path, spec: dict, events: EventWriter) -> int:
         return 1
     finally:
         sys.stdout, sys.stderr = saved
-    emit_artifacts(events, job_dir / "artifacts")
+    emit_artifacts(events, JobFolder(job_dir).artifacts)
     events.emit("done", result=result)
     return 0
 
@@ -131,11 +130,12 @@ RUNNERS: dict[str, str] = {
 
 
 def run(job_dir: Path) -> int:
-    spec = json.loads((job_dir / JOB_FILE).read_text())
+    folder = JobFolder(job_dir)
+    spec = json.loads(folder.spec.read_text())
     if hasattr(os, "nice"):
         # Jobs saturate the CPU; the engine's API (and the GUI talking to it) must stay responsive meanwhile.
         os.nice(10)
-    events = EventWriter(job_dir / EVENTS_FILE)
+    events = EventWriter(folder.events)
     events.emit("started", pid=os.getpid())
     stop = threading.Event()
     # The engine passes its pid: reading getppid() here would race with an engine that died while we started.

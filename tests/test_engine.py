@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from engine.server import layout
 from tests.conftest import DEMO_CATEGORY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,7 +147,7 @@ def test_worker_killed_mid_training_fails_its_job_and_the_engine_keeps_serving(e
     job_id = c.post("/jobs", json={"kind": "train_anomaly", "params": {
         "data": str(demo_data), "category": DEMO_CATEGORY, "device": "cpu"}}).json()["id"]
     wait_for(c, job_id, {"running"})
-    events = engine_proc.data_dir / "jobs" / job_id / "events.jsonl"
+    events = layout.job_folder(engine_proc.data_dir, job_id).events
     deadline = time.time() + 60
     while time.time() < deadline and '"progress"' not in (events.read_text() if events.exists() else ""):
         time.sleep(0.2)
@@ -192,9 +193,9 @@ def test_engine_killed_mid_job_restarts_with_every_job_listed_and_none_stuck(tmp
         assert c2.get(f"/jobs/{done_id}/artifacts").json() == before  # finished artifacts intact (checksums)
     finally:
         eng.stop()
-    assert JobStore(tmp_path / "engine" / "engine.sqlite").integrity_ok()
+    assert JobStore(layout.database_file(tmp_path / "engine")).integrity_ok()
     # the orphaned worker noticed the engine was gone and stopped instead of training on for nobody
-    events = tmp_path / "engine" / "jobs" / run_id / "events.jsonl"
+    events = layout.job_folder(tmp_path / "engine", run_id).events
     deadline = time.time() + 15
     while time.time() < deadline and "engine went away" not in events.read_text():
         time.sleep(0.2)
@@ -250,7 +251,7 @@ def test_inputs_outside_the_data_roots_are_refused(tmp_path, trained_model, demo
         assert r.status_code == 422 and "params.data" in r.json()["detail"]
         assert c.get("/jobs").json() == []
         # The engine's own results are inputs too (a unified model's next step resumes from an earlier job).
-        own = tmp_path / "engine" / "jobs" / "earlier" / "artifacts" / "model"
+        own = layout.artifact_dir(tmp_path / "engine", "earlier", "model")
         r = c.post("/jobs", json={"kind": "eval", "params": {"model": str(own), "data": str(demo_data)}})
         assert r.status_code == 200, r.text
     finally:
@@ -264,8 +265,8 @@ def test_tls_with_a_generated_certificate_and_refusal_off_loopback_without_token
     eng.verify = False  # until the certificate exists; then pinned below
     eng.start()
     try:
-        cert = tmp_path / "engine" / "tls" / "cert.pem"
-        assert cert.is_file() and (tmp_path / "engine" / "tls" / "key.pem").stat().st_mode & 0o077 == 0
+        cert = layout.tls_dir(tmp_path / "engine") / "cert.pem"
+        assert cert.is_file() and (layout.tls_dir(tmp_path / "engine") / "key.pem").stat().st_mode & 0o077 == 0
         eng.verify = ssl.create_default_context(cafile=str(cert))
         assert eng.client().get("/jobs").json() == []  # verified against the pinned certificate
         with pytest.raises(httpx.HTTPError):
@@ -329,7 +330,7 @@ def test_dataset_upload_extracts_safely_and_refuses_malicious_archives(engine_pr
     r = c.post("/uploads", content=_zip(tmp_path / "ok.zip", members))
     assert r.status_code == 200, r.text
     folder = Path(r.json()["path"])
-    assert folder.is_relative_to(engine_proc.data_dir / "uploads")
+    assert folder.is_relative_to(layout.uploads_dir(engine_proc.data_dir))
     assert sorted(p.name for p in (folder / "ds" / DEMO_CATEGORY / "train" / "good").iterdir()) == sorted(
         Path(m).name for m in members)
     bad = {
@@ -344,7 +345,7 @@ def test_dataset_upload_extracts_safely_and_refuses_malicious_archives(engine_pr
     assert r.status_code == 400 and "not a zip" in r.json()["detail"]
     assert not (engine_proc.data_dir / "escaped.txt").exists() and not (engine_proc.data_dir.parent / "escaped.txt").exists()
     assert not Path("/tmp/defectscope_abs_escape.txt").exists()
-    assert [p.name for p in (engine_proc.data_dir / "uploads").iterdir()] == [folder.name]  # nothing half-written
+    assert [p.name for p in layout.uploads_dir(engine_proc.data_dir).iterdir()] == [folder.name]  # nothing half-written
 
 
 def test_upload_size_limits(tmp_path):
@@ -364,7 +365,7 @@ def test_upload_size_limits(tmp_path):
         assert r.status_code == 400 and "unpacks to more than" in r.json()["detail"]
         r = client.post("/uploads", content=b"\0" * 60_000)
         assert r.status_code == 413
-        assert [p for p in (tmp_path / "engine" / "uploads").iterdir()] == []
+        assert [p for p in layout.uploads_dir(tmp_path / "engine").iterdir()] == []
     finally:
         eng.executor.shutdown()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.server import layout
 from tests.conftest import DEMO_CATEGORY
 from tests.test_engine import TOKEN, EngineProcess, _free_port, wait_for
 
@@ -90,7 +91,7 @@ def test_training_runs_on_the_cluster_and_its_model_comes_home(tmp_path, ray_hea
             listed = {a["name"]: a for a in c.get(f"/jobs/{job_id}/artifacts").json()}
             assert "model/model.onnx" in listed and "model/model.json" in listed
             assert '"type": "artifact"' in text and listed["model/model.onnx"]["sha256"] in text
-            model_dir = eng.data_dir / "jobs" / job_id / "artifacts" / "model"
+            model_dir = layout.artifact_dir(eng.data_dir, job_id, "model")
             # The result names the engine's copy, not the node's scratch folder.
             assert job["result"]["run_dir"] == str(model_dir)
 

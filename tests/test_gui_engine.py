@@ -24,11 +24,11 @@ import psutil
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QDialog, QDialogButtonBox
 
-from app.gui.contracts import JobView
 from app.gui.engine_link import EngineLink, EngineSettings, load_settings, save_settings
 from app.gui.job_dialog import EngineSettingsDialog, EvalDialog, TrainDialog
 from app.gui.jobs_panel import COL_MESSAGE, COL_PROGRESS, COL_STATE, JobRole, JobsPanel, ProgressRole
 from app.gui.models_panel import ModelsPanel
+from engine.client import JobView
 from engine.home import default_data_home
 from tests.conftest import DEMO_CATEGORY
 

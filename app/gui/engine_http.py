@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 
-from app.gui.contracts import default_data_home
 from engine.client import EngineClient
 from engine.errors import DefectScopeError
+from engine.home import default_data_home
 
 REQUEST_TIMEOUT_S = 10.0  # control calls; a hung engine must not hold a pool thread for long
 DOWNLOAD_TIMEOUT_S = 120.0

@@ -31,14 +31,6 @@ from PySide6.QtCore import (
     Signal,
 )
 
-from app.gui.contracts import (
-    JobView,
-    artifact_dir,
-    artifact_ref,
-    default_data_home,
-    job_view,
-    model_output,
-)
 from app.gui.engine_http import (
     EngineUnauthorized,
     LinkClient,
@@ -56,7 +48,12 @@ from app.gui.engine_settings import (  # noqa: F401  (re-exported: the link's se
 )
 from app.gui.local_engine import ENGINE_LOG, Launch, engine_command, start_local_engine  # noqa: F401
 from app.gui.tasks import background_executor, run_in_background
+from engine.client import JobView
 from engine.errors import DefectScopeError
+from engine.home import default_data_home
+from engine.jobs.registry import model_output
+from engine.server import layout
+from engine.server.layout import artifact_dir, artifact_ref
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +65,6 @@ POLL_MS = 1000
 RETRY_MS = 3000
 
 
-def _views(jobs: list) -> list[JobView]:
-    return [job_view(j) for j in jobs]
-
-
 def _probe(url: str, token: str, verify: bool | str) -> tuple[LinkClient, list[JobView]] | EngineUnauthorized:
     """Runs on a pool thread: a client for the engine and its job list (GET /jobs needs the token).
 
@@ -79,7 +72,7 @@ def _probe(url: str, token: str, verify: bool | str) -> tuple[LinkClient, list[J
     """
     client = LinkClient(url, token or None, verify=verify)
     try:
-        return client, _views(client.jobs())
+        return client, client.jobs()
     except EngineUnauthorized as exc:
         client.close()
         return exc
@@ -90,7 +83,7 @@ def _probe(url: str, token: str, verify: bool | str) -> tuple[LinkClient, list[J
 
 def _poll(client: LinkClient) -> list[JobView] | EngineUnauthorized:
     try:
-        return _views(client.jobs())
+        return client.jobs()
     except EngineUnauthorized as exc:
         return exc
 
@@ -176,7 +169,7 @@ class EngineLink(QObject):
     @property
     def local_data_dir(self) -> Path:
         """Where a local engine keeps its database, job folders, token and engine.log."""
-        return default_data_home() / "engine"
+        return layout.default_data_dir(default_data_home())
 
     @property
     def engine_pid(self) -> int | None:

@@ -9,7 +9,7 @@ from typing import Literal
 
 from PySide6.QtCore import QSettings
 
-from app.gui.contracts import default_data_home
+from engine.home import default_data_home
 
 Mode = Literal["local", "remote"]
 DEFAULT_REMOTE_URL = "http://127.0.0.1:8765"

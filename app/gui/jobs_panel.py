@@ -43,8 +43,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.contracts import JobView
 from app.gui.engine_link import ACTIVE_STATES, EngineLink
+from engine.client import JobView
 
 COLUMNS = ("ID", "Kind", "State", "Progress", "Message", "Placement", "Created")
 COL_ID, COL_KIND, COL_STATE, COL_PROGRESS, COL_MESSAGE, COL_PLACEMENT, COL_CREATED = range(len(COLUMNS))

@@ -17,12 +17,12 @@ from typing import Any
 
 from app.gui.engine_http import LinkClient
 from engine.errors import DefectScopeError
+from engine.server import layout
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_GRACE_S = 5.0
 ENGINE_LOG = "engine.log"
 ENGINE_LOG_MAX_BYTES = 5_000_000
-TOKEN_FILE = "token"  # written by `engine serve` into its data dir (engine.server.serve.TOKEN_FILE)
 
 
 _LIVE_ENGINES: set[subprocess.Popen] = set()
@@ -163,7 +163,7 @@ def start_local_engine(launch: Launch) -> tuple[str, str]:
                 except DefectScopeError:
                     time.sleep(0.2)
                     continue
-                token_path = launch.data_dir / TOKEN_FILE
+                token_path = layout.token_file(launch.data_dir)
                 try:
                     token = token_path.read_text().strip()
                 except OSError as exc:

@@ -31,7 +31,7 @@ class DemoPipeline:
     """The quick start's story: open the demo set, train a model through the engine if none exists, score it."""
 
     def __init__(self, window) -> None:
-        from app.gui.contracts import default_data_home
+        from engine.home import default_data_home
 
         self.window = window
         self.run_dir = default_data_home() / DEMO_RUN

@@ -26,9 +26,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.contracts import JobView, ModelInfo, model_output, read_model_info
 from app.gui.engine_link import EngineLink, gui_settings
 from app.gui.tasks import run_in_background
+from engine.client import JobView
+from engine.jobs.registry import model_output
+from engine.runtime.model_format import ModelInfo, read_model_info
 
 FOLDERS_KEY = "models/folders"  # a JSON list: QSettings turns a one-element list into a plain string in ini
 KindRole = int(Qt.ItemDataRole.UserRole) + 1  # "job" | "folder"

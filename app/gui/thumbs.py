@@ -31,9 +31,9 @@ from PIL import Image
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 from PySide6.QtGui import QImage, QPixmap
 
-from app.gui.contracts import default_data_home
 from engine.datasets.imageio import read_preview
 from engine.errors import ImageReadError
+from engine.home import default_data_home
 
 log = logging.getLogger(__name__)
 

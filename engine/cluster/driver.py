@@ -15,7 +15,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from engine.worker import CANCEL_FILE, EventWriter, emit_artifacts
+from engine.server.layout import JobFolder
+from engine.worker import EventWriter, emit_artifacts
 
 CANCEL_GRACE_S = 5.0
 POLL_S = 0.3
@@ -131,7 +132,7 @@ def _follow(job_dir: Path, events: EventWriter, ray: Any, ref: Any, channel: Any
         relay()
         if done:
             break
-        if cancel_at is None and (job_dir / CANCEL_FILE).exists():
+        if cancel_at is None and JobFolder(job_dir).cancel_flag.exists():
             cancel_at = time.time()
             channel.request_cancel.remote()  # cooperative: the job stops at its next progress report
         elif cancel_at is not None and time.time() - cancel_at > CANCEL_GRACE_S:
@@ -148,7 +149,7 @@ def _follow(job_dir: Path, events: EventWriter, ray: Any, ref: Any, channel: Any
         return 0
     if out["state"] == "failed":
         return _fail(events, out["error"], out.get("traceback"))
-    artifacts = job_dir / "artifacts"
+    artifacts = JobFolder(job_dir).artifacts
     _extract(out["archive"], artifacts)
     emit_artifacts(events, artifacts)
     events.emit("done", result=_rehome(out["result"], out["artifacts_prefix"], str(artifacts)))

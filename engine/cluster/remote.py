@@ -21,6 +21,7 @@ from typing import Any
 
 import ray
 
+from engine.server.layout import JobFolder
 from engine.worker import LogTee
 
 MAX_BUFFERED_EVENTS = 10_000
@@ -99,7 +100,7 @@ def run_remote_job(
                            f"the engine {version}: install the same version on every node")
     outbox = _Outbox(channel)
     scratch = Path(tempfile.mkdtemp(prefix="defectscope-job-"))
-    artifacts = scratch / "artifacts"
+    artifacts = JobFolder(scratch).artifacts  # the scratch folder plays the job's folder on this node
     artifacts.mkdir()
     params = {**params, **{name: str(artifacts / rel) for name, rel in outputs.items()}}
     gpus = ray.get_gpu_ids()

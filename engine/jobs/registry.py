@@ -75,6 +75,13 @@ def get_job_kind(name: str) -> JobKind:
     return kinds[name]
 
 
+def model_output(kind_name: str) -> str | None:
+    """The output holding a scoring model for jobs of this kind (JobKind.model_output); None for other kinds and
+    for kinds this engine does not know (a newer engine's job in a list)."""
+    kind = job_kinds().get(kind_name)
+    return kind.model_output if kind is not None else None
+
+
 def param_problems(model: type[BaseModel], params: dict[str, Any]) -> list[tuple[str, str]]:
     """(field, message) for each value the params model refuses; field is dotted for nested values ("scales.1"),
     "params" for the whole. The CLI and the dialogs map the field to their option or widget."""

@@ -15,12 +15,13 @@ from pydantic import BaseModel, Field
 
 import engine
 from engine.checksums import sha256_file
-from engine.errors import DefectScopeError
+from engine.errors import ArtifactRefError, DefectScopeError
 from engine.jobs.registry import get_job_kind, validate_params
+from engine.server import layout
 from engine.server.executor import LocalExecutor, RayExecutor, is_final
 from engine.server.store import JobStore
 from engine.server.uploads import UploadError, UploadLimits, extract_upload
-from engine.worker import EVENTS_FILE, read_new_events
+from engine.worker import read_new_events
 
 
 class JobRequest(BaseModel, extra="forbid"):
@@ -29,7 +30,7 @@ class JobRequest(BaseModel, extra="forbid"):
 
 
 class Engine:
-    """The engine's state: the job store and the executor, rooted in one data folder."""
+    """The engine's state: the job store and the executor, rooted in one data folder (engine.server.layout)."""
 
     def __init__(
         self, data_dir: Path, token: str, max_concurrent: int = 1, data_roots: list[Path] | None = None,
@@ -39,32 +40,64 @@ class Engine:
         self.token = token
         # None: any path (a local engine serving its own user); otherwise job inputs must lie inside these.
         self.data_roots = [r.resolve() for r in data_roots] if data_roots else None
-        self.store = JobStore(data_dir / "engine.sqlite")
+        self.store = JobStore(layout.database_file(data_dir))
         self.interrupted = self.store.fail_interrupted("engine restarted while the job was queued or running")
         self.executor: LocalExecutor = (
-            RayExecutor(self.store, data_dir / "jobs", ray_address, ray_token, max_concurrent) if ray_address
-            else LocalExecutor(self.store, data_dir / "jobs", max_concurrent)
+            RayExecutor(self.store, data_dir, ray_address, ray_token, max_concurrent) if ray_address
+            else LocalExecutor(self.store, data_dir, max_concurrent)
         )
-        self.uploads_dir = data_dir / "uploads"
+        self.uploads_dir = layout.uploads_dir(data_dir)
         self.upload_limits = UploadLimits()
         if self.data_roots is not None:
             self.data_roots.append(self.uploads_dir.resolve())  # uploaded datasets are always usable
             # So are the engine's own results: a unified model's next step resumes from its earlier job's folder.
-            self.data_roots.append(self.executor.jobs_dir.resolve())
+            self.data_roots.append(layout.jobs_dir(data_dir).resolve())
 
     def submit(self, kind_name: str, params: dict[str, Any]) -> str:
+        """Check, resolve and validate a job's parameters, record what will really run, and queue it.
+
+        Stored are the validated parameters (every default filled, artifact refs resolved to folders, outputs
+        placed in the job's artifacts), so the job's record shows exactly what its worker runs.
+        """
         kind = get_job_kind(kind_name)
         for name in kind.outputs:
             if name in params:
                 raise DefectScopeError(f"params.{name}: set by the engine (outputs go to the job's artifacts)")
-        validate_params(kind, {**params, **{n: "placeholder" for n in kind.outputs}})
-        self._check_paths(kind.path_params, params)
-        record = self.store.create(kind.name, params)
-        artifacts = self.executor.job_dir(record.id) / "artifacts"
-        full = {**params, **{n: str(artifacts / rel) for n, rel in kind.outputs.items()}}
-        self.store.update(record.id, params=full)
-        self.executor.submit(record.id, kind.name, full)
-        return record.id
+        resolved, refs = self._resolve_refs(kind.path_params, params)
+        placeholders = {n: "placeholder" for n in kind.outputs}
+        validated = validate_params(kind, {**resolved, **placeholders}).model_dump(mode="json")
+        self._check_paths(kind.path_params, validated)
+        job_id = self.store.new_id()
+        artifacts = layout.artifacts_dir(self.data_dir, job_id)
+        full = {**validated, **{n: str(artifacts / rel) for n, rel in kind.outputs.items()}}
+        self.store.create(kind.name, full, refs=refs, job_id=job_id)
+        self.executor.submit(job_id, kind.name, full)
+        return job_id
+
+    def _resolve_refs(
+        self, names: tuple[str, ...], params: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """Path parameters given as "job:<id>/<artifact>" -> that artifact's path here; and the refs as given."""
+        resolved, refs = dict(params), {}
+        for name in names:
+            value = params.get(name)
+            if not layout.looks_like_artifact_ref(value):
+                continue
+            parsed = layout.parse_artifact_ref(value)
+            if parsed is None:
+                raise ArtifactRefError(f"params.{name}: {value!r} is not an artifact reference "
+                                       "(expected job:<job id>/<artifact name>, e.g. job:3f2a9c1b7d4e/model)")
+            job_id, artifact = parsed
+            source = self.store.get(job_id)
+            if source is None:
+                raise ArtifactRefError(f"params.{name}: {value}: this engine has no job '{job_id}'")
+            if source.state != "succeeded":
+                raise ArtifactRefError(f"params.{name}: {value}: job '{job_id}' is {source.state}, not succeeded")
+            path = layout.artifact_dir(self.data_dir, job_id, artifact)
+            if not path.exists():
+                raise ArtifactRefError(f"params.{name}: {value}: job '{job_id}' has no artifact '{artifact}'")
+            resolved[name], refs[name] = str(path), value
+        return resolved, refs
 
     def _check_paths(self, names: tuple[str, ...], params: dict[str, Any]) -> None:
         if self.data_roots is None:
@@ -78,7 +111,7 @@ class Engine:
                 raise DefectScopeError(f"params.{name}: {params[name]} is outside the engine's data roots ({roots})")
 
     def artifacts_dir(self, job_id: str) -> Path:
-        return self.executor.job_dir(job_id) / "artifacts"
+        return layout.artifacts_dir(self.data_dir, job_id)
 
 
 def create_app(eng: Engine) -> FastAPI:
@@ -105,6 +138,8 @@ def create_app(eng: Engine) -> FastAPI:
     def submit(req: JobRequest) -> dict:
         try:
             return {"id": eng.submit(req.kind, req.params)}
+        except ArtifactRefError as exc:  # well-formed, but naming something this engine does not have
+            raise HTTPException(400, str(exc)) from None
         except DefectScopeError as exc:
             raise HTTPException(422, str(exc)) from None
 
@@ -126,13 +161,13 @@ def create_app(eng: Engine) -> FastAPI:
     @app.get("/jobs/{job_id}/logs", dependencies=[Depends(auth)], response_class=PlainTextResponse)
     def logs(job_id: str) -> str:
         job_or_404(job_id)
-        path = eng.executor.job_dir(job_id) / "log.txt"
+        path = eng.executor.folder(job_id).log
         return path.read_text(errors="replace") if path.exists() else ""
 
     @app.get("/jobs/{job_id}/events", dependencies=[Depends(auth)])
     async def events(job_id: str) -> StreamingResponse:
         job_or_404(job_id)
-        path = eng.executor.job_dir(job_id) / EVENTS_FILE
+        path = eng.executor.folder(job_id).events
 
         def read_from(offset: int) -> tuple[list[dict], int, str | None]:
             events, offset = read_new_events(path, offset)
@@ -185,10 +220,11 @@ def create_app(eng: Engine) -> FastAPI:
     def artifact(job_id: str, name: str) -> FileResponse:
         job_or_404(job_id)
         root = eng.artifacts_dir(job_id).resolve()
-        if ".." in Path(name).parts or Path(name).is_absolute():
-            raise HTTPException(400, f"artifact name '{name}' must stay inside the job's artifacts")
-        path = (root / name).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
+        try:
+            path = layout.artifact_dir(eng.data_dir, job_id, name).resolve()
+        except ValueError:
+            raise HTTPException(400, f"artifact name '{name}' must stay inside the job's artifacts") from None
+        if not path.is_relative_to(root) or not path.is_file():  # symbolic links leaving the folder, too
             raise HTTPException(404, f"no artifact '{name}'")
         return FileResponse(path, headers={"X-Checksum-SHA256": sha256_file(path)})
 

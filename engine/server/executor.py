@@ -16,9 +16,11 @@ import time
 from collections import deque
 from pathlib import Path
 
+from engine.server import layout
 from engine.server.gpus import GpuPool, Placement, detect_gpus
+from engine.server.layout import JobFolder
 from engine.server.store import FINAL_STATES, JobStore
-from engine.worker import CANCEL_FILE, ENGINE_PID_ENV, EVENTS_FILE, JOB_FILE, read_new_events
+from engine.worker import ENGINE_PID_ENV, read_new_events
 
 CANCEL_GRACE_S = 5.0
 
@@ -32,12 +34,12 @@ def worker_command(job_dir: Path) -> list[str]:
 
 class LocalExecutor:
     def __init__(
-        self, store: JobStore, jobs_dir: Path, max_concurrent: int = 1, gpu_pool: GpuPool | None = None
+        self, store: JobStore, data_dir: Path, max_concurrent: int = 1, gpu_pool: GpuPool | None = None
     ) -> None:
         self.store = store
         self.gpus = gpu_pool if gpu_pool is not None else GpuPool(detect_gpus())
         self._placements: dict[str, Placement] = {}
-        self.jobs_dir = jobs_dir
+        self.data_dir = data_dir
         self.max_concurrent = max_concurrent
         self._queue: deque[str] = deque()
         self._procs: dict[str, subprocess.Popen] = {}
@@ -47,13 +49,13 @@ class LocalExecutor:
         self._thread = threading.Thread(target=self._schedule, name="executor", daemon=True)
         self._thread.start()
 
-    def job_dir(self, job_id: str) -> Path:
-        return self.jobs_dir / job_id
+    def folder(self, job_id: str) -> JobFolder:
+        return layout.job_folder(self.data_dir, job_id)
 
     def submit(self, job_id: str, kind: str, params: dict) -> None:
-        d = self.job_dir(job_id)
-        (d / "artifacts").mkdir(parents=True, exist_ok=True)
-        (d / JOB_FILE).write_text(json.dumps({"id": job_id, "kind": kind, "params": params}))
+        d = self.folder(job_id)
+        d.artifacts.mkdir(parents=True, exist_ok=True)
+        d.spec.write_text(json.dumps({"id": job_id, "kind": kind, "params": params}))
         with self._lock:
             self._queue.append(job_id)
         self._wake.set()
@@ -68,7 +70,7 @@ class LocalExecutor:
             proc = self._procs.get(job_id)
         if proc is None:
             return False
-        (self.job_dir(job_id) / CANCEL_FILE).touch()
+        self.folder(job_id).cancel_flag.touch()
         threading.Thread(target=self._escalate, args=(job_id, proc), daemon=True).start()
         return True
 
@@ -108,15 +110,15 @@ class LocalExecutor:
                     if self._closed or not self._queue or len(self._procs) >= self.max_concurrent:
                         break
                     job_id = self._queue[0]
-                    d = self.job_dir(job_id)
-                    spec = json.loads((d / JOB_FILE).read_text())
+                    d = self.folder(job_id)
+                    spec = json.loads(d.spec.read_text())
                     placement = self.place(spec)
                     if placement is None:  # every GPU is full: the job waits for one to free up
                         break
                     self._queue.popleft()
-                    (d / JOB_FILE).write_text(json.dumps(spec))
-                    log = (d / "log.txt").open("ab")
-                    proc = subprocess.Popen(worker_command(d), stdout=log, stderr=subprocess.STDOUT,
+                    d.spec.write_text(json.dumps(spec))
+                    log = d.log.open("ab")
+                    proc = subprocess.Popen(worker_command(d.path), stdout=log, stderr=subprocess.STDOUT,
                                             env={**os.environ, "PYTHONUNBUFFERED": "1",
                                                  ENGINE_PID_ENV: str(os.getpid()), **self.worker_env(placement)})
                     log.close()
@@ -127,7 +129,7 @@ class LocalExecutor:
                 threading.Thread(target=self._monitor, args=(job_id, proc), daemon=True).start()
 
     def _monitor(self, job_id: str, proc: subprocess.Popen) -> None:
-        events_path = self.job_dir(job_id) / EVENTS_FILE
+        events_path = self.folder(job_id).events
         offset = 0
         final = None
         while True:
@@ -138,7 +140,7 @@ class LocalExecutor:
             time.sleep(0.2)
         offset, final = self._apply_events(job_id, events_path, offset, final)
         if final is None:
-            cancelled = (self.job_dir(job_id) / CANCEL_FILE).exists()
+            cancelled = self.folder(job_id).cancel_flag.exists()
             code = proc.returncode
             if cancelled:
                 self.store.update(job_id, state="cancelled", finished=time.time(), message="cancelled")
@@ -180,13 +182,13 @@ class RayExecutor(LocalExecutor):
     """
 
     def __init__(
-        self, store: JobStore, jobs_dir: Path, address: str, token: str | None = None, max_concurrent: int = 4,
+        self, store: JobStore, data_dir: Path, address: str, token: str | None = None, max_concurrent: int = 4,
         num_cpus: float = 1,
     ) -> None:
         self.address = address
         self.token = token
         self.num_cpus = num_cpus
-        super().__init__(store, jobs_dir, max_concurrent, GpuPool([]))
+        super().__init__(store, data_dir, max_concurrent, GpuPool([]))
 
     def place(self, spec: dict) -> Placement | None:
         spec["executor"] = {"kind": "ray", "address": self.address, "num_cpus": self.num_cpus}

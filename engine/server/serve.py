@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import IO
 
 from engine.errors import DefectScopeError
-
-TOKEN_FILE = "token"
-LOCK_FILE = "engine.lock"
+from engine.server import layout
 
 
 def is_loopback(host: str) -> bool:
@@ -26,7 +24,7 @@ def is_loopback(host: str) -> bool:
 
 
 def load_or_create_token(data_dir: Path, token_file: Path | None) -> tuple[str, Path]:
-    """The token from `token_file`; without one, a generated token kept in DATA_DIR/token (mode 0600)."""
+    """The token from `token_file`; without one, a generated token kept in the data folder (mode 0600)."""
     if token_file is not None:
         try:
             token = token_file.read_text().strip()
@@ -35,7 +33,7 @@ def load_or_create_token(data_dir: Path, token_file: Path | None) -> tuple[str, 
         if len(token) < 16:
             raise DefectScopeError(f"{token_file}: token is shorter than 16 characters")
         return token, token_file
-    path = data_dir / TOKEN_FILE
+    path = layout.token_file(data_dir)
     if path.exists():
         return path.read_text().strip(), path
     token = secrets.token_urlsafe(32)
@@ -47,7 +45,7 @@ def load_or_create_token(data_dir: Path, token_file: Path | None) -> tuple[str, 
 
 def lock_data_dir(data_dir: Path) -> IO[bytes]:
     """One engine per data folder: a second would mark the first one's running jobs as interrupted."""
-    fh = (data_dir / LOCK_FILE).open("a+b")
+    fh = layout.lock_file(data_dir).open("a+b")
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks here; one engine per folder is then the user's care
@@ -111,7 +109,7 @@ def serve(
     if tls_self_signed and tls_cert is None:
         from engine.server.tls import self_signed_certificate
 
-        tls_cert, tls_key = self_signed_certificate(data_dir / "tls", host)
+        tls_cert, tls_key = self_signed_certificate(layout.tls_dir(data_dir), host)
     ray_token = None
     if ray_token_file is not None:
         if ray_address is None:

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtWidgets import QDockWidget, QWidget
 
 from app.gui.annotation_tools import AnnotationController, AnnotationPanel
-from app.gui.contracts import JobView, default_data_home
 from app.gui.features.base import Feature, MenuEntry
+from engine.client import JobView
 from engine.errors import DefectScopeError
+from engine.home import default_data_home
 
 if TYPE_CHECKING:
     from app.gui.main_window import MainWindow

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QFileDialog, QLabel, QWidget
 
-from app.gui.contracts import ModelInfo, read_model_info
 from app.gui.features.base import Feature, MenuEntry
 from app.gui.models_panel import ModelsPanel
 from engine.errors import DefectScopeError
+from engine.runtime.model_format import ModelInfo, read_model_info
 
 SCORING_TASKS = frozenset({"anomaly", "detector"})  # model tasks that give each image a score (Score dataset)
 

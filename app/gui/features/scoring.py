@@ -16,14 +16,15 @@ import numpy as np
 from PySide6.QtCore import QSettings, Signal
 from PySide6.QtWidgets import QWidget
 
-from app.gui.contracts import JobView, default_data_home
 from app.gui.features.base import Feature, MenuEntry
 from app.gui.metrics_view import MetricsView
 from app.gui.predictions import Predictions
 from app.review.threshold import ScoreSet
+from engine.client import JobView
 from engine.datasets.imageio import read_mask
 from engine.datasets.splits import resolve_splits
 from engine.errors import DefectScopeError
+from engine.home import default_data_home
 
 MAX_PRO_IMAGES = 2000  # maps and masks held in memory for the PRO curve (256 px each: ~260 MB at most)
 METRICS_SPLIT = "test"  # as `defectscope eval` (engine/evaluate.py)

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.gui.contracts import JobView
 from app.gui.features.base import Feature
+from engine.client import JobView
 
 if TYPE_CHECKING:
     from app.gui.main_window import MainWindow

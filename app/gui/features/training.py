@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.gui.contracts import JobView
 from app.gui.features.base import Feature, MenuEntry
 from app.gui.job_dialog import EvalDialog, TrainDialog
+from engine.client import JobView
 
 
 class TrainingFeature(Feature):

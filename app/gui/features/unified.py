@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from app.gui.contracts import JobView
 from app.gui.features.base import Feature, MenuEntry
 from app.gui.unified_dialog import UnifiedDialog, unified_runs
+from engine.client import JobView
 
 
 class UnifiedFeature(Feature):

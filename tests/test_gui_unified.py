@@ -46,7 +46,7 @@ def test_dialog_greys_out_learned_products_and_resumes_from_the_chosen_model(qtb
     dialog.set_products(["wood"])
     assert dialog.errors() == []
     assert dialog.params() == {"data": str(two_products), "categories": ["wood"], "epochs": 50, "device": "auto",
-                               "resume": run.engine_path, "image_size": 128}
+                               "resume": run.ref, "image_size": 128}
     dialog.more_edit.setText("washer")  # typed by hand: still refused
     assert any("Already learned by this model: washer" in e for e in dialog.errors())
     dialog.more_edit.setText("gearbox")
@@ -67,6 +67,7 @@ def test_unified_runs_lists_succeeded_jobs_newest_first() -> None:
              "params": {"out": "/j/d", "resume": "/j/a", "categories": ["y"]}, "result": {"products": ["x", "y"]}}]
     runs = unified_runs(jobs)
     assert [(r.engine_path, r.products) for r in runs] == [("/j/d", ("x", "y")), ("/j/a", ("x",))]
+    assert [r.ref for r in runs] == ["job:d/model", "job:a/model"]  # what a resume sends to the engine
 
 
 def test_train_then_add_a_product_from_the_workbench(qtbot, two_products, tmp_path, monkeypatch):
@@ -109,6 +110,7 @@ def test_train_then_add_a_product_from_the_workbench(qtbot, two_products, tmp_pa
     qtbot.waitUntil(lambda: first.id in w.models.panel._job_items, timeout=10_000)
 
     second = run_step(["wood"], first.params["out"])  # the newest unified model is preselected
+    assert second.refs["resume"] == f"job:{first.id}/model"  # named by reference, resolved by the engine
     assert second.params["resume"] == first.params["out"]
     assert second.result["products"] == ["washer", "wood"]
     qtbot.waitUntil(lambda: "covers washer, wood" in w.statusBar().currentMessage(), timeout=10_000)

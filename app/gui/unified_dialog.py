@@ -3,7 +3,8 @@ engine trained before, without the earlier products' images (a train_unified job
 
 The products are the dataset's categories, ticked in a list; in "add" mode the products the chosen model already
 knows are shown ticked and greyed out, so they cannot be learned twice. The engine-side folder of the chosen
-model (its job's `out`) is what the job resumes from, so this works with a remote engine as well.
+model is named to the engine by its artifact reference (`job:<id>/model`, engine.server.layout), never by a path, so
+this works with a remote engine as well.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PySide6.QtWidgets import QLineEdit, QListWidget, QListWidgetItem, QWidget
 
 from app.gui.job_dialog import _combo, _ValidatingDialog
 from app.gui.param_form import ParamForm, PathField
+from engine.server.layout import artifact_ref
 
 NEW_MODEL = "(new unified model)"
 
@@ -27,9 +29,10 @@ class UnifiedRun:
     """A unified model the engine trained: where it lives on the engine, and what it knows."""
 
     label: str
-    engine_path: str
+    engine_path: str  # the engine's own folder of the model (compared with the active model on a local engine)
     products: tuple[str, ...]
     image_size: int | None = None
+    ref: str = ""  # what a resume sends: the engine's reference to the model artifact of that job
 
 
 def _field(job: Any, name: str) -> Any:
@@ -47,8 +50,9 @@ def unified_runs(jobs: Sequence[Any]) -> list[UnifiedRun]:
         products = tuple(result.get("products") or params.get("categories") or ())
         if not params.get("out"):
             continue
-        runs.append(UnifiedRun(f"{', '.join(products)}  (job {str(_field(job, 'id') or '')[:8]})",
-                               str(params["out"]), products, params.get("image_size")))
+        job_id = str(_field(job, "id") or "")
+        runs.append(UnifiedRun(f"{', '.join(products)}  (job {job_id[:8]})", str(params["out"]), products,
+                               params.get("image_size"), artifact_ref(job_id, "model")))
     return runs
 
 
@@ -132,7 +136,7 @@ class UnifiedDialog(_ValidatingDialog):
         run = self.run()
         params: dict[str, Any] = {**self.fields.values(), "categories": self.chosen_products()}
         if run is not None:
-            params["resume"] = run.engine_path
+            params["resume"] = run.ref
         if params["image_size"] is None:  # the job's own rule: 256 for a new model, the saved size on resume
             del params["image_size"]
         return params

@@ -18,7 +18,7 @@ class UnifiedFeature(Feature):
         """The unified-model dialog, with the open dataset's categories and the unified models the engine trained
         (the active one preselected, else the newest: adding a product is the usual next step)."""
         w = self.window
-        runs = unified_runs([j.to_dict() for j in w.link.jobs])
+        runs = unified_runs(w.link.jobs)
         model_dir = w.models.model_dir
         active = next((r for r in runs if model_dir is not None and w.link.is_local
                        and Path(r.engine_path).resolve() == model_dir.resolve()), None)

@@ -127,10 +127,11 @@ def render(results: dict, args: argparse.Namespace) -> str:
             lines.append(f"| {method} | {i + 1} | " + " | ".join(cells) + f" | {_mean(res, 'image_auroc'):.3f} / "
                          f"{_mean(res, 'pixel_auroc'):.3f} | " + ("-" if fi is None else f"{fi:.3f} / {fp:.3f}")
                          + " |")
-    joint = results["joint"][-1]
-    lines.append("| joint (all at once, upper bound) | 1 | " + " | ".join(
-        f"{joint[p]['image_auroc']:.3f} / {joint[p]['pixel_auroc']:.3f}" for p in products)
-        + f" | {_mean(joint, 'image_auroc'):.3f} / {_mean(joint, 'pixel_auroc'):.3f} | - |")
+    if "joint" in results:  # a partial run (--methods iuf) has no joint row
+        joint = results["joint"][-1]
+        lines.append("| joint (all at once, upper bound) | 1 | " + " | ".join(
+            f"{joint[p]['image_auroc']:.3f} / {joint[p]['pixel_auroc']:.3f}" for p in products)
+            + f" | {_mean(joint, 'image_auroc'):.3f} / {_mean(joint, 'pixel_auroc'):.3f} | - |")
     bank = results.get("bank")
     if bank:
         lines.append("| memory bank per product | - | " + " | ".join(

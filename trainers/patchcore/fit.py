@@ -57,12 +57,17 @@ class TrainResult:
     metadata: dict = field(default_factory=dict)
 
 
+MIN_GOOD_IMAGES = 4
+
+
 def split_holdout(samples: list[Sample], fraction: float, max_holdout: int) -> tuple[list[Sample], list[Sample]]:
-    """Every k-th image is held out (deterministic, spread over the whole set); at least one when possible."""
+    """Every k-th image is held out (deterministic, spread over the whole set); at least two when possible."""
     n = len(samples)
     n_hold = min(max_holdout, round(n * fraction))
+    # Two held-out images where the set allows it: with one, the good parts' spread is unknown, the threshold sits
+    # on the center and float32 noise of the exported graph becomes a visible score.
     if n >= 2:
-        n_hold = max(1, n_hold)
+        n_hold = max(min(2, n // 2, max_holdout), n_hold)
     if n_hold == 0:
         return samples, []
     step = n / n_hold
@@ -92,6 +97,11 @@ def train_anomaly(
     if not goods:
         what = f"category '{category}'" if category else "the dataset"
         raise DatasetError(f"{data_root}: {what} has no good training images (train/good or good/ is empty)")
+    if len(goods) < MIN_GOOD_IMAGES:
+        # Fewer leave one held-out image: no spread of good scores to set a threshold from (see split_holdout).
+        what = f"category '{category}'" if category else "the dataset"
+        raise DatasetError(f"{data_root}: {what} has {len(goods)} good training images; the model needs at least "
+                           f"{MIN_GOOD_IMAGES} (two are held out to set the threshold)")
     train_samples, holdout_samples = split_holdout(goods, cfg.holdout_fraction, cfg.max_holdout)
 
     pre = ort.InferenceSession(

@@ -42,6 +42,16 @@ class PatchFeatures(nn.Module):
         return torch.cat(up, dim=1)
 
 
+def min_width(center: float) -> float:
+    """The smallest threshold - center a normalisation may use. With one held-out image (a tiny training set) the
+    threshold equals the center; the old fixed 1e-6 gap is below float32's resolution at centers of a few units, so
+    one rounding step of the ONNX graph moved a good part's score from 0 to 0.59 and the export's parity check
+    refused the model. Both normalisations work in units where good parts spread by about 1 (position z-scores,
+    then threshold = 1), so 1e-3 (or 1e-3 of a large center) keeps the gap thousands of float32 steps wide and far
+    below any real spread of good scores."""
+    return max(1e-3, 1e-3 * abs(center))
+
+
 class ScaleBranch(nn.Module):
     """One scale of the model: its memory bank, per-position statistics and score calibration.
 
@@ -102,7 +112,7 @@ class ScaleBranch(nn.Module):
         self.pos_std.copy_(std.reshape(self.pos_std.shape))
 
     def set_calibration(self, center: float, threshold: float) -> None:
-        self.norm.copy_(torch.tensor([center, max(threshold, center + 1e-6)]))
+        self.norm.copy_(torch.tensor([center, max(threshold, center + min_width(center))]))
 
 
 class PatchCoreModel(nn.Module):
@@ -133,7 +143,7 @@ class PatchCoreModel(nn.Module):
         self.register_buffer("norm", torch.tensor([0.0, 1.0]))
 
     def set_normalisation(self, center: float, threshold: float) -> None:
-        self.norm.copy_(torch.tensor([center, max(threshold, center + 1e-6)]))
+        self.norm.copy_(torch.tensor([center, max(threshold, center + min_width(center))]))
 
     def branch_map(self, branch: ScaleBranch, x: torch.Tensor) -> torch.Tensor:
         """Blurred distance map of one branch at that branch's resolution, before normalisation."""

@@ -233,5 +233,5 @@ def test_a_tiny_training_set_trains_with_parity_or_is_refused_clearly(tmp_path):
             assert meta["training"]["n_holdout_images"] == 2
             assert meta["export"]["parity_max_abs_score_diff"] < 1e-4
         else:
-            with pytest.raises(DatasetError, match="3 good training images.*at least 4"):
+            with pytest.raises(DatasetError, match=r"3 good training images.*at least 4"):
                 run_job("train_anomaly", params)

@@ -6,20 +6,23 @@ that does not exist, or the engine's own message for a rejected request.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import ssl
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from engine.errors import DefectScopeError
+from engine.errors import DefectScopeError, UploadCancelled
 from engine.server.layout import artifact_ref
 from engine.server.store import FINAL_STATES
+from engine.upload_manifest import build_manifest
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,24 @@ class JobView:
         return artifact_ref(self.id, name)
 
 
+@dataclass(frozen=True)
+class UploadResult:
+    """What an upload did: the ref to pass as a path parameter, and how much really travelled."""
+
+    ref: str  # "upload:<id>"
+    id: str
+    files: int
+    bytes: int  # the folder's size
+    blobs_sent: int  # contents the engine lacked (new or changed files)
+    bytes_sent: int  # bytes sent this time (an interrupted upload's earlier part not counted)
+    hashed_files: int  # files read to hash them (others' hashes came from the cache)
+    seconds: float
+
+
+UPLOAD_CHUNK_BYTES = 8 << 20
+UPLOAD_RETRIES = 3
+
+
 class EngineClient:
     def __init__(self, url: str, token: str | None, timeout: float = 30.0, verify: bool | str = True) -> None:
         """verify: True (system CAs), or the path of a certificate to trust (an engine's self-signed cert.pem)."""
@@ -98,6 +119,9 @@ class EngineClient:
             r = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise DefectScopeError(f"engine at {self.url} is unreachable ({exc.__class__.__name__}: {exc})") from None
+        return self._checked(r)
+
+    def _checked(self, r: httpx.Response) -> httpx.Response:
         if r.status_code == 401:
             raise DefectScopeError(f"engine at {self.url} refused the token (missing or wrong)")
         if r.status_code >= 400:
@@ -145,6 +169,87 @@ class EngineClient:
             target.write_bytes(data)
             written.append(target)
         return written
+
+    def upload_folder(
+        self, folder: Path, *, progress: Callable[[int, int], None] | None = None,
+        cancel: threading.Event | None = None, chunk_size: int = UPLOAD_CHUNK_BYTES,
+    ) -> str:
+        """Upload a folder (or one file) to the engine; returns the "upload:<id>" ref to pass as `data`/`model`.
+
+        Only contents the engine lacks are sent (SHA-256 per file), in chunks; progress(bytes_done, bytes_total)
+        after each; `cancel` set -> UploadCancelled at the next chunk boundary. An interrupted upload (cancel,
+        dropped connection, killed client or engine) resumes where it stopped on the next call.
+        """
+        return self.upload(folder, progress=progress, cancel=cancel, chunk_size=chunk_size).ref
+
+    def upload(
+        self, folder: Path, *, progress: Callable[[int, int], None] | None = None,
+        cancel: threading.Event | None = None, chunk_size: int = UPLOAD_CHUNK_BYTES,
+    ) -> UploadResult:
+        """`upload_folder` with the figures: files, bytes, blobs and bytes really sent, seconds."""
+        t0 = time.monotonic()
+        manifest = build_manifest(folder)
+        session = self._request("POST", "/uploads/sessions", json={"files": manifest.to_json()}).json()
+        local = manifest.by_hash()
+        partial: dict[str, int] = session.get("partial") or {}
+        total = int(session["missing_bytes"])
+        done = sum(partial.values())
+        sent = 0
+        if progress:
+            progress(done, total)
+        for sha in session["missing"]:
+            f = local[sha]
+            offset = int(partial.get(sha, 0))
+            with f.local.open("rb") as fh:
+                while offset < f.size:  # empty files never travel: the engine knows the empty content
+                    if cancel is not None and cancel.is_set():
+                        raise UploadCancelled(f"upload of {manifest.root} cancelled ({done} of {total} bytes sent; "
+                                              "uploading again resumes there)")
+                    fh.seek(offset)
+                    data = fh.read(min(chunk_size, f.size - offset))
+                    if len(data) != min(chunk_size, f.size - offset):
+                        raise DefectScopeError(f"{f.local}: changed while being uploaded; upload again")
+                    state = self._put_chunk(sha, offset, data, f.size)
+                    sent += len(data)
+                    done += int(state["received"]) - offset
+                    offset = int(state["received"])
+                    if progress:
+                        progress(done, total)
+        committed = self._request("POST", f"/uploads/sessions/{session['session']}/commit").json()
+        return UploadResult(committed["ref"], committed["id"], len(manifest.files), manifest.total_bytes,
+                            len(session["missing"]), sent, manifest.hashed_files, time.monotonic() - t0)
+
+    def _put_chunk(self, sha: str, offset: int, data: bytes, size: int) -> dict:
+        """One chunk; a dropped connection is retried from the offset the engine then reports."""
+        headers = {"Content-Range": f"bytes {offset}-{offset + len(data) - 1}/{size}",
+                   "Content-Type": "application/octet-stream"}
+        for attempt in range(UPLOAD_RETRIES):
+            try:
+                r = self._http.request("PUT", f"/uploads/blobs/{sha}", content=data, headers=headers)
+            except httpx.HTTPError as exc:
+                if attempt == UPLOAD_RETRIES - 1:
+                    raise DefectScopeError(f"engine at {self.url}: upload broke off ({exc.__class__.__name__}: "
+                                           f"{exc}); uploading again resumes where it stopped") from None
+                time.sleep(0.5 * (attempt + 1))
+                with contextlib.suppress(DefectScopeError):
+                    state = self._request("GET", f"/uploads/blobs/{sha}").json()
+                    if state["complete"] or int(state["received"]) != offset:
+                        return state  # the chunk did arrive (or more): go on from there
+                continue
+            return self._checked(r).json()
+        raise AssertionError("unreachable")
+
+    def uploads(self) -> list[dict]:
+        """The engine's upload cache, least recently used first: id, ref, bytes, files, created, last_used,
+        in_use."""
+        return self.upload_cache()["uploads"]
+
+    def upload_cache(self) -> dict:
+        """The whole cache listing: limit_bytes, used_bytes, the eviction rule and the uploads."""
+        return self._request("GET", "/uploads").json()
+
+    def delete_upload(self, upload_id: str) -> None:
+        self._request("DELETE", f"/uploads/{upload_id}")
 
     def events(self, job_id: str) -> Iterator[dict]:
         """The job's events as they happen (server-sent events), until the job ends."""

@@ -34,3 +34,8 @@ class FolderNotOwnedError(DatasetError):
 
 class ArtifactRefError(DefectScopeError):
     """A job parameter names "job:<id>/<artifact>" that this engine cannot resolve (unknown, unfinished, missing)."""
+
+
+class UploadCancelled(DefectScopeError):
+    """An upload to an engine stopped at a chunk boundary because its cancel event was set; the next upload of
+    the same folder resumes where this one stopped."""

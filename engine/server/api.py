@@ -20,6 +20,8 @@ from engine.jobs.registry import get_job_kind, validate_params
 from engine.server import layout
 from engine.server.executor import LocalExecutor, RayExecutor, is_final
 from engine.server.store import JobStore
+from engine.server.upload_routes import upload_router
+from engine.server.upload_store import UploadStore
 from engine.server.uploads import UploadError, UploadLimits, extract_upload
 from engine.worker import read_new_events
 
@@ -34,7 +36,7 @@ class Engine:
 
     def __init__(
         self, data_dir: Path, token: str, max_concurrent: int = 1, data_roots: list[Path] | None = None,
-        ray_address: str | None = None, ray_token: str | None = None,
+        ray_address: str | None = None, ray_token: str | None = None, upload_cache_bytes: int = 50 << 30,
     ) -> None:
         self.data_dir = data_dir
         self.token = token
@@ -48,6 +50,7 @@ class Engine:
         )
         self.uploads_dir = layout.uploads_dir(data_dir)
         self.upload_limits = UploadLimits()
+        self.upload_store = UploadStore(data_dir, self.upload_limits, upload_cache_bytes, self._uploads_in_use)
         if self.data_roots is not None:
             self.data_roots.append(self.uploads_dir.resolve())  # uploaded datasets are always usable
             # So are the engine's own results: a unified model's next step resumes from its earlier job's folder.
@@ -74,13 +77,43 @@ class Engine:
         self.executor.submit(job_id, kind.name, full)
         return job_id
 
+    def _uploads_in_use(self) -> set[str]:
+        """Uploads that queued or running jobs read (by ref, or by a path inside an upload's folder)."""
+        used = set()
+        uploads = self.uploads_dir.resolve()
+        for rec in self.store.list():
+            if rec.state not in ("queued", "running"):
+                continue
+            for ref in rec.refs.values():
+                parsed = layout.parse_upload_ref(ref)
+                if parsed:
+                    used.add(parsed[0])
+            for value in rec.params.values():
+                path = Path(value) if isinstance(value, str) else None
+                if path is not None and path.is_absolute() and path.resolve().is_relative_to(uploads):
+                    parts = path.resolve().relative_to(uploads).parts
+                    if parts:
+                        used.add(parts[0])
+        return used
+
     def _resolve_refs(
         self, names: tuple[str, ...], params: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, str]]:
-        """Path parameters given as "job:<id>/<artifact>" -> that artifact's path here; and the refs as given."""
+        """Path parameters given as "job:<id>/<artifact>" or "upload:<id>[/<path>]" -> that folder or file here;
+        and the refs as given."""
         resolved, refs = dict(params), {}
         for name in names:
             value = params.get(name)
+            if layout.looks_like_upload_ref(value):
+                upload = layout.parse_upload_ref(value)
+                if upload is None:
+                    raise ArtifactRefError(f"params.{name}: {value!r} is not an upload reference "
+                                           "(expected upload:<upload id>[/<path inside>])")
+                try:
+                    resolved[name], refs[name] = str(self.upload_store.resolve(*upload)), value
+                except LookupError as exc:
+                    raise ArtifactRefError(f"params.{name}: {value}: {exc}") from None
+                continue
             if not layout.looks_like_artifact_ref(value):
                 continue
             parsed = layout.parse_artifact_ref(value)
@@ -228,5 +261,6 @@ def create_app(eng: Engine) -> FastAPI:
             raise HTTPException(404, f"no artifact '{name}'")
         return FileResponse(path, headers={"X-Checksum-SHA256": sha256_file(path)})
 
+    app.include_router(upload_router(eng, auth))
     return app
 

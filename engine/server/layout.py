@@ -5,13 +5,19 @@ DATA_DIR/
     engine.lock          held by the one engine serving this folder
     token                the generated bearer token (mode 0600), when none was given
     tls/                 a self-signed certificate and its key
-    uploads/<id>/        datasets sent by clients
+    uploads/<id>/        datasets sent by clients (committed: complete, never half-written)
+    upload_store/        the content-addressed upload cache (engine.server.upload_store)
+        blobs/<sha256>   verified file contents, named by their hash
+        partial/<sha256> blobs still arriving (resumed after a restart, never published unverified)
+        sessions/<id>.json  manifests of uploads not yet committed
+        entries/<id>.json   bookkeeping of committed uploads (size, files, created, last used)
     jobs/<id>/           one job: job.json (the worker's spec), events.jsonl, log.txt, cancel (the flag)
         artifacts/<name> its outputs (a model folder, predictions, a report...)
 
 The worker and the cluster driver know only their job's folder, so its files are reached through `JobFolder`.
 Clients never compose these paths: a model an engine trained is named to it as `artifact_ref(job_id, "model")`,
-which the engine resolves with `artifact_dir`. Kept free of FastAPI and sqlite imports: the GUI imports it.
+which the engine resolves with `artifact_dir`; an uploaded folder is named `upload_ref(upload_id)` ("upload:<id>",
+optionally "upload:<id>/<path inside>"), resolved with `upload_dir`. Kept free of FastAPI and sqlite imports: the GUI imports it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ LOCK = "engine.lock"
 TOKEN = "token"
 TLS = "tls"
 UPLOADS = "uploads"
+UPLOAD_STORE = "upload_store"
 JOBS = "jobs"
 ARTIFACTS = "artifacts"
 JOB_SPEC = "job.json"
@@ -33,6 +40,9 @@ LOG = "log.txt"
 CANCEL = "cancel"
 
 ARTIFACT_REF_PREFIX = "job:"
+UPLOAD_REF_PREFIX = "upload:"
+# Upload ids: hex (content-addressed commits and zip uploads alike).
+_UPLOAD_ID = re.compile(r"[0-9a-f]{8,64}")
 # Job ids are the store's hex ids; the pattern is looser only so that an old or foreign id still parses.
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -87,6 +97,44 @@ def tls_dir(data_dir: Path) -> Path:
 
 def uploads_dir(data_dir: Path) -> Path:
     return Path(data_dir) / UPLOADS
+
+
+def upload_dir(data_dir: Path, upload_id: str) -> Path:
+    """A committed upload's folder."""
+    if not _UPLOAD_ID.fullmatch(upload_id):
+        raise ValueError(f"not an upload id: {upload_id!r}")
+    return uploads_dir(data_dir) / upload_id
+
+
+def upload_store_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / UPLOAD_STORE
+
+
+def upload_ref(upload_id: str, path: str = "") -> str:
+    """How a client names an uploaded folder (or a file inside it, `path`) to the engine: "upload:<id>[/<path>]"."""
+    if not _UPLOAD_ID.fullmatch(upload_id):
+        raise ValueError(f"not an upload id: {upload_id!r}")
+    return f"{UPLOAD_REF_PREFIX}{upload_id}" + (f"/{_checked_name(path)}" if path else "")
+
+
+def parse_upload_ref(text: str) -> tuple[str, str] | None:
+    """(upload id, path inside, "" for the folder itself) of "upload:<id>[/<path>]"; None for anything else."""
+    if not isinstance(text, str) or not text.startswith(UPLOAD_REF_PREFIX):
+        return None
+    upload_id, sep, path = text[len(UPLOAD_REF_PREFIX):].partition("/")
+    if not _UPLOAD_ID.fullmatch(upload_id):
+        return None
+    if not sep:
+        return upload_id, ""
+    try:
+        return upload_id, _checked_name(path)
+    except ValueError:
+        return None
+
+
+def looks_like_upload_ref(text: object) -> bool:
+    """Meant as an upload ref (a malformed one is refused as such, never taken for a relative path)."""
+    return isinstance(text, str) and text.startswith(UPLOAD_REF_PREFIX)
 
 
 def jobs_dir(data_dir: Path) -> Path:

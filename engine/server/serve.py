@@ -91,6 +91,7 @@ def serve(
     ray_address: str | None = None,
     ray_token_file: Path | None = None,
     parent_pid: int | None = None,
+    upload_cache_gb: float = 50.0,
 ) -> None:
     import uvicorn
 
@@ -123,7 +124,10 @@ def serve(
             import ray  # noqa: F401  (only to fail now, not at the first job)
         except ImportError:
             raise DefectScopeError("--ray-address needs Ray: pip install 'defectscope[cluster]'") from None
-    eng = Engine(data_dir, token, max_concurrent, data_roots, ray_address, ray_token)
+    if upload_cache_gb <= 0:
+        raise DefectScopeError(f"--upload-cache-gb {upload_cache_gb}: must be more than 0")
+    eng = Engine(data_dir, token, max_concurrent, data_roots, ray_address, ray_token,
+                 upload_cache_bytes=int(upload_cache_gb * (1 << 30)))
     try:
         socket.getaddrinfo(host, port)
     except OSError as exc:

@@ -1,6 +1,8 @@
-"""Dataset uploads to a remote engine: zip archives, checked member by member before anything is extracted.
+"""Dataset uploads to a remote engine: the limits and the path checks every upload goes through, and zip archives,
+checked member by member before anything is extracted.
 
-Refused (with the member named): absolute paths or `..` (zip slip), symbolic links, a member or a total larger
+The content-addressed uploads (engine.server.upload_store) check each manifest path with `check_upload_path`,
+the same rule zip members are held to. Refused (with the member named): absolute paths or `..` (zip slip), symbolic links, a member or a total larger
 than the limits (zip bombs), too many members. Extraction goes to a temporary folder renamed into place, so a
 refused or broken archive leaves nothing behind.
 """
@@ -23,10 +25,40 @@ class UploadLimits:
     max_member_bytes: int = 512 << 20
     max_total_bytes: int = 16 << 30
     max_members: int = 200_000
+    max_path_chars: int = 1024
+
+
+# Names no file system of the engine or the client should have to hold (Windows device names included).
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
 
 class UploadError(DefectScopeError):
     pass
+
+
+def check_upload_path(name: object, what: str = "file", limits: UploadLimits | None = None) -> str:
+    """`name` as a normalised relative POSIX path that stays inside the upload folder; UploadError naming it else.
+
+    Refused: empty names, absolute paths and drive letters, backslashes, "." and ".." parts, empty parts ("a//b"),
+    control characters, reserved device names, over-long paths.
+    """
+    limits = limits or UploadLimits()
+    if not isinstance(name, str) or not name:
+        raise UploadError(f"{what} {name!r}: empty or not a path")
+    shown = repr(name) if any(ord(c) < 32 for c in name) else f"'{name}'"
+    parts = name.split("/")
+    if name.startswith(("/", "\\")) or (parts and parts[0].endswith(":")) or "\\" in name or ".." in parts:
+        raise UploadError(f"{what} {shown}: path leaves the upload folder")
+    if any(p in ("", ".") for p in parts):
+        raise UploadError(f"{what} {shown}: empty or '.' path component")
+    if any(ord(c) < 32 or c == "\x7f" for c in name):
+        raise UploadError(f"{what} {shown}: control characters in the path")
+    if len(name) > limits.max_path_chars:
+        raise UploadError(f"{what} '{name[:60]}...': path longer than {limits.max_path_chars} characters")
+    for part in parts:
+        if part.split(".")[0].upper() in _RESERVED or part.endswith((" ", ".")):
+            raise UploadError(f"{what} {shown}: '{part}' is not a portable file name")
+    return name
 
 
 def check_members(archive: zipfile.ZipFile, limits: UploadLimits) -> list[zipfile.ZipInfo]:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `defectscope infer` must not p
     from engine.client import EngineClient
 
 EXIT_USER_ERROR = 2
+DEFAULT_ENGINE_URL = "http://127.0.0.1:8765"
 
 
 def _progress_printer(label: str) -> Callable[[float, str], None]:
@@ -197,6 +198,7 @@ def cmd_engine_serve(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         ray_token_file=Path(args.ray_token_file) if args.ray_token_file else None,
         parent_pid=args.parent_pid,
+        upload_cache_gb=args.upload_cache_gb,
     )
     return 0
 
@@ -215,7 +217,41 @@ def _engine_client(args: argparse.Namespace) -> EngineClient:
             token = token_file.read_text().strip()
         except OSError as exc:
             raise DefectScopeError(f"{token_file}: cannot read the token file ({exc.strerror})") from None
-    return EngineClient(args.engine, token, verify=args.tls_ca or True)
+    return EngineClient(args.engine or DEFAULT_ENGINE_URL, token, verify=args.tls_ca or True)
+
+
+def _upload_printer() -> Callable[[int, int], None]:
+    report = _progress_printer("upload")
+
+    def progress(done: int, total: int) -> None:
+        report(done / total if total else 1.0, f"{done / 1e6:.1f} of {total / 1e6:.1f} MB")
+
+    return progress
+
+
+def _upload(client: EngineClient, path: Path) -> str:
+    """Upload a local folder or file; the ref names it to the engine (a file as a path inside its upload)."""
+    result = client.upload(path, progress=_upload_printer())
+    print(f"uploaded {path}: {result.files} files, {result.bytes / 1e6:.1f} MB, sent {result.blobs_sent} new or "
+          f"changed ({result.bytes_sent / 1e6:.1f} MB) in {result.seconds:.1f} s -> {result.ref}", file=sys.stderr)
+    return f"{result.ref}/{path.name}" if path.is_file() else result.ref
+
+
+def _upload_path_params(client: EngineClient, kind_name: str, params: dict) -> dict:
+    """Path parameters naming an existing local file or folder, uploaded and replaced by their refs; refs
+    ("job:...", "upload:...") and paths that do not exist here (the engine's own) go as they are."""
+    from engine.jobs.registry import get_job_kind
+    from engine.server import layout
+
+    out = dict(params)
+    for name in get_job_kind(kind_name).path_params:
+        value = params.get(name)
+        if not isinstance(value, str) or layout.looks_like_artifact_ref(value) or layout.looks_like_upload_ref(value):
+            continue
+        local = Path(value).expanduser()
+        if local.exists():
+            out[name] = _upload(client, local)
+    return out
 
 
 def _parse_params(items: list[str], raw_json: str | None) -> dict:
@@ -241,8 +277,13 @@ def _parse_params(items: list[str], raw_json: str | None) -> dict:
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _engine_client(args) as client:
         action = args.jobs_command
-        if action == "submit":
-            job_id = client.submit(args.kind, _parse_params(args.param, args.params))
+        if action == "upload":
+            print(_upload(client, Path(args.folder)))
+        elif action == "submit":
+            params = _parse_params(args.param, args.params)
+            if args.engine is not None and not args.no_upload:  # an engine named by URL may not see our files
+                params = _upload_path_params(client, args.kind, params)
+            job_id = client.submit(args.kind, params)
             print(job_id)
             if args.wait:
                 for ev in client.events(job_id):
@@ -349,10 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="token of a Ray cluster started with RAY_AUTH_MODE=token")
     srv.add_argument("--parent-pid", type=int, default=None,
                      help="stop when this process exits (the GUI passes its own pid)")
+    srv.add_argument("--upload-cache-gb", type=float, default=50.0,
+                     help="size limit of the upload cache; least recently used uploads are evicted beyond it")
     srv.set_defaults(func=cmd_engine_serve)
 
     jobs = sub.add_parser("jobs", help="submit and follow jobs on an engine")
-    jobs.add_argument("--engine", default="http://127.0.0.1:8765", help="engine URL")
+    jobs.add_argument("--engine", default=None,
+                      help=f"engine URL (default {DEFAULT_ENGINE_URL}); when given, `submit` uploads local paths")
     jobs.add_argument("--token-file", default=None,
                       help="bearer token file (default: $DEFECTSCOPE_TOKEN or the local engine's token)")
     jobs.add_argument("--tls-ca", default=None, help="certificate to trust (e.g. the engine's self-signed cert.pem)")
@@ -362,6 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     js.add_argument("--param", action="append", default=[], help="KEY=VALUE (JSON values allowed)")
     js.add_argument("--params", default=None, help="all parameters as one JSON object")
     js.add_argument("--wait", action="store_true", help="follow progress until the job ends")
+    js.add_argument("--no-upload", action="store_true",
+                    help="with --engine: send path parameters as they are (the engine reads them itself)")
+    ju = jobs_sub.add_parser("upload", help="upload a folder (only files the engine lacks); prints its ref")
+    ju.add_argument("folder")
     jobs_sub.add_parser("list", help="list jobs")
     for name, text in (("show", "a job's state as JSON"), ("logs", "a job's log"), ("cancel", "cancel a job")):
         jobs_sub.add_parser(name, help=text).add_argument("id")

@@ -66,14 +66,15 @@ class Engine:
         for name in kind.outputs:
             if name in params:
                 raise DefectScopeError(f"params.{name}: set by the engine (outputs go to the job's artifacts)")
-        resolved, refs = self._resolve_refs(kind.path_params, params)
-        placeholders = {n: "placeholder" for n in kind.outputs}
-        validated = validate_params(kind, {**resolved, **placeholders}).model_dump(mode="json")
-        self._check_paths(kind.path_params, validated)
-        job_id = self.store.new_id()
-        artifacts = layout.artifacts_dir(self.data_dir, job_id)
-        full = {**validated, **{n: str(artifacts / rel) for n, rel in kind.outputs.items()}}
-        self.store.create(kind.name, full, refs=refs, job_id=job_id)
+        with self.upload_store.lock:  # an upload the job names cannot be evicted before the job is queued
+            resolved, refs = self._resolve_refs(kind.path_params, params)
+            placeholders = {n: "placeholder" for n in kind.outputs}
+            validated = validate_params(kind, {**resolved, **placeholders}).model_dump(mode="json")
+            self._check_paths(kind.path_params, validated)
+            job_id = self.store.new_id()
+            artifacts = layout.artifacts_dir(self.data_dir, job_id)
+            full = {**validated, **{n: str(artifacts / rel) for n, rel in kind.outputs.items()}}
+            self.store.create(kind.name, full, refs=refs, job_id=job_id)
         self.executor.submit(job_id, kind.name, full)
         return job_id
 

@@ -17,8 +17,8 @@ Protocol (the routes are engine.server.upload_routes; the client is EngineClient
 
 The cache holds at most `max_bytes` (engine serve --upload-cache-gb). Over it, after each commit and at start-up,
 blobs no committed upload uses go first (least recently used first), then committed uploads, least recently used
-first (each with the blobs only it used); an upload a queued or running job uses, or one used in the last minute
-(a job being submitted with it), is never evicted. GET /uploads shows the limit, the use and each upload's last use.
+first (each with the blobs only it used); an upload a queued or running job uses is never evicted (the engine
+holds `UploadStore.lock` from resolving a job's refs until the job is queued). GET /uploads shows the limit, the use and each upload's last use.
 """
 
 from __future__ import annotations
@@ -45,8 +45,6 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # A session nobody committed is forgotten after this long (its partial blobs with it).
 SESSION_TTL_S = 24 * 3600.0
-# An upload resolved for a job this recently is not evicted: the job may not be queued yet.
-IN_USE_GRACE_S = 60.0
 EVICTION_RULE = ("over the limit, blobs no committed upload uses go first (least recently used first), then "
                  "committed uploads, least recently used first; never one a queued or running job uses")
 
@@ -88,7 +86,9 @@ class UploadStore:
         self.sessions, self.entries_dir = root / "sessions", root / "entries"
         for d in (self.uploads, self.blobs, self.partial, self.sessions, self.entries_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()  # commits, evictions, deletions and bookkeeping
+        # Commits, evictions, deletions, bookkeeping; held by Engine.submit while a job's upload refs are resolved
+        # and the job queued, so an eviction never takes an upload between the two.
+        self.lock = threading.RLock()
         self._blob_locks: dict[str, threading.Lock] = {}
         self._wanted: dict[str, int] = {}  # sha256 -> size, over every open session
         self._recover()
@@ -122,7 +122,7 @@ class UploadStore:
     def open_session(self, files: object) -> dict:
         manifest = self._checked_manifest(files)
         session = uuid.uuid4().hex
-        with self._lock:
+        with self.lock:
             atomic_write_text(self.sessions / f"{session}.json",
                               json.dumps({"created": time.time(), "files": manifest}))
             for f in manifest:
@@ -269,7 +269,7 @@ class UploadStore:
     # -- commit -----------------------------------------------------------------------------------------------
 
     def commit(self, session: str) -> UploadEntry:
-        with self._lock:
+        with self.lock:
             files = self._load_session(session)
             missing = [f for f in files if not self._blob(f["sha256"]).exists()]
             if missing:
@@ -340,7 +340,7 @@ class UploadStore:
 
     def entries(self) -> list[UploadEntry]:
         in_use = self._in_use()
-        with self._lock:
+        with self.lock:
             return [UploadEntry(**{**asdict(e), "in_use": e.id in in_use})
                     for e in sorted((self._entry(f) for f in self._folders()), key=lambda e: e.last_used)]
 
@@ -351,7 +351,7 @@ class UploadStore:
 
     def resolve(self, upload_id: str, path: str = "") -> Path:
         """The folder (or file inside it) of a committed upload, marked as used now; LookupError if absent."""
-        with self._lock:
+        with self.lock:
             try:
                 folder = layout.upload_dir(self.data_dir, upload_id)
             except ValueError:
@@ -366,7 +366,7 @@ class UploadStore:
             return target
 
     def delete(self, upload_id: str) -> None:
-        with self._lock:
+        with self.lock:
             try:
                 folder = layout.upload_dir(self.data_dir, upload_id)
             except ValueError:
@@ -422,7 +422,7 @@ class UploadStore:
     def evict(self, keep: Iterable[str] = ()) -> list[str]:
         """Apply the size limit (EVICTION_RULE); returns what went ("blob:<sha>", "upload:<id>")."""
         gone: list[str] = []
-        with self._lock:
+        with self.lock:
             used = self.used_bytes()
             if used <= self.max_bytes:
                 return gone
@@ -435,11 +435,10 @@ class UploadStore:
                     used -= size
                     gone.append(f"blob:{entry.name}")
             protected = set(keep) | self._in_use()
-            now = time.time()
             for e in sorted((self._entry(f) for f in self._folders()), key=lambda e: e.last_used):
                 if used <= self.max_bytes:
                     break
-                if e.id in protected or now - e.last_used < IN_USE_GRACE_S:
+                if e.id in protected:
                     continue
                 self._remove_upload(layout.upload_dir(self.data_dir, e.id))
                 self._drop_unreferenced_blobs()

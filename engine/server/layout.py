@@ -110,6 +110,33 @@ def upload_store_dir(data_dir: Path) -> Path:
     return Path(data_dir) / UPLOAD_STORE
 
 
+@dataclass(frozen=True)
+class UploadStoreFolder:
+    """The upload cache's folders (engine.server.upload_store)."""
+
+    path: Path
+
+    @property
+    def blobs(self) -> Path:
+        return self.path / "blobs"
+
+    @property
+    def partial(self) -> Path:
+        return self.path / "partial"
+
+    @property
+    def sessions(self) -> Path:
+        return self.path / "sessions"
+
+    @property
+    def entries(self) -> Path:
+        return self.path / "entries"
+
+
+def upload_store_folder(data_dir: Path) -> UploadStoreFolder:
+    return UploadStoreFolder(upload_store_dir(data_dir))
+
+
 def upload_ref(upload_id: str, path: str = "") -> str:
     """How a client names an uploaded folder (or a file inside it, `path`) to the engine: "upload:<id>[/<path>]"."""
     if not _UPLOAD_ID.fullmatch(upload_id):

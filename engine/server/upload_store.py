@@ -80,10 +80,10 @@ class UploadStore:
         self.limits = limits
         self.max_bytes = max_bytes
         self._in_use = in_use
-        root = layout.upload_store_dir(data_dir)
+        folder = layout.upload_store_folder(data_dir)
         self.uploads = layout.uploads_dir(data_dir)
-        self.blobs, self.partial = root / "blobs", root / "partial"
-        self.sessions, self.entries_dir = root / "sessions", root / "entries"
+        self.blobs, self.partial = folder.blobs, folder.partial
+        self.sessions, self.entries_dir = folder.sessions, folder.entries
         for d in (self.uploads, self.blobs, self.partial, self.sessions, self.entries_dir):
             d.mkdir(parents=True, exist_ok=True)
         # Commits, evictions, deletions, bookkeeping; held by Engine.submit while a job's upload refs are resolved
@@ -101,27 +101,35 @@ class UploadStore:
         for p in self.uploads.iterdir():
             if p.name.startswith("."):  # staging folders and zip temp files: no commit is live at start-up
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        now = time.time()
-        for path in self.sessions.glob("*.json"):
-            try:
-                session = json.loads(path.read_text())
-                if now - float(session["created"]) > SESSION_TTL_S:
-                    raise ValueError("expired")
-                for f in session["files"]:
-                    self._wanted[f["sha256"]] = int(f["size"])
-            except (OSError, ValueError, KeyError, TypeError):
-                path.unlink(missing_ok=True)
-        for p in self.partial.iterdir():
-            expected = self._wanted.get(p.name)
-            if expected is None or p.stat().st_size > expected:
-                p.unlink(missing_ok=True)
+        self._expire_sessions()
         self.evict()
+
+    def _expire_sessions(self) -> None:
+        """Forget sessions older than SESSION_TTL_S (or unreadable) and the partial blobs only they wanted."""
+        with self.lock:
+            now = time.time()
+            wanted: dict[str, int] = {}
+            for path in self.sessions.glob("*.json"):
+                try:
+                    session = json.loads(path.read_text())
+                    if now - float(session["created"]) > SESSION_TTL_S:
+                        raise ValueError("expired")
+                    for f in session["files"]:
+                        wanted[f["sha256"]] = int(f["size"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    path.unlink(missing_ok=True)
+            self._wanted = wanted
+            for p in self.partial.iterdir():
+                with contextlib.suppress(OSError):
+                    if p.name not in wanted or p.stat().st_size > wanted[p.name]:
+                        p.unlink()
 
     # -- sessions ---------------------------------------------------------------------------------------------
 
     def open_session(self, files: object) -> dict:
         manifest = self._checked_manifest(files)
         session = uuid.uuid4().hex
+        self._expire_sessions()
         with self.lock:
             atomic_write_text(self.sessions / f"{session}.json",
                               json.dumps({"created": time.time(), "files": manifest}))
@@ -252,6 +260,7 @@ class UploadStore:
                     os.fsync(fh.fileno())
             if end + 1 == total:
                 self._publish(sha, part)
+                self._blob_locks.pop(sha, None)  # later writers find the blob stored and return at once
             return self.blob_state(sha)
 
     def _publish(self, sha: str, part: Path | None) -> None:
@@ -298,17 +307,9 @@ class UploadStore:
                                 old.created if old else now, now)
             self._write_entry(entry)
             (self.sessions / f"{session}.json").unlink(missing_ok=True)
-            self._rebuild_wanted()
+            self._expire_sessions()
             self.evict(keep={upload_id})
             return entry
-
-    def _rebuild_wanted(self) -> None:
-        wanted: dict[str, int] = {}
-        for path in self.sessions.glob("*.json"):
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                for f in json.loads(path.read_text())["files"]:
-                    wanted[f["sha256"]] = f["size"]
-        self._wanted = wanted
 
     # -- committed uploads ------------------------------------------------------------------------------------
 

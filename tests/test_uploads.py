@@ -114,6 +114,9 @@ def test_a_second_upload_sends_only_the_changed_files_and_hashes_only_those(remo
         ids = [u["id"] for u in listing["uploads"]]
         assert {first.id, second.id} <= set(ids) and ids.index(second.id) > ids.index(first.id)
         assert listing["limit_bytes"] == 50 << 30 and "least recently used" in listing["eviction"]
+        # A path inside an upload is named "upload:<id>/<path>"; one that is not there is refused naming the field.
+        with pytest.raises(DefectScopeError, match=r"params\.model: upload:\w+/nope: upload '\w+' has no file"):
+            client.submit("score_dataset", {"model": f"{first.ref}/nope", "data": first.ref})
         # Both folders share the unchanged files: on disk they count once.
         assert listing["used_bytes"] - used_before == first.bytes + second.bytes_sent
 

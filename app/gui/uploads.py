@@ -93,7 +93,7 @@ def local_folders(kind: str, params: dict[str, Any], ref_for: Callable[[Path], s
 
 
 def count_files(folder: Path) -> int:
-    return sum(len(files) for _root, _dirs, files in os.walk(folder, followlinks=True))
+    return sum(len(files) for _root, _dirs, files in os.walk(folder))
 
 
 def send_folder(client: EngineClient, upload: Upload, progress: Callable[[int, int], None]) -> str:

@@ -102,10 +102,12 @@ class AnnotationFeature(Feature):
                      lambda msg: w.show_error(f"Cannot read the proposals: {msg}"))
 
     # ----------------------------------------------------------------- segmenter training
-    def segmenter_training_data(self, copy_images: bool = False) -> Path:
+    def segmenter_training_data(self) -> Path:
         """The open dataset with the engineer's drawn annotations as its labels, written as an MVTec layout
-        (images linked, or copied with `copy_images`; masks rasterised) for a train_segmenter job. Runs off the
-        GUI thread."""
+        (images linked, masks rasterised) for a train_segmenter job. Runs off the GUI thread.
+
+        A remote engine is sent this folder (EngineLink.submit uploads it): an upload sends the files the links
+        point to, and only those the engine lacks (the images it already has from the dataset's own upload)."""
         from app.annotate.document import annotated_dataset
         from engine.datasets.writers import export_dataset
 
@@ -115,7 +117,7 @@ class AnnotationFeature(Feature):
         labelled = annotated_dataset(ds, store) if store is not None else ds
         tag = hashlib.sha256(str(ds.root.resolve()).encode()).hexdigest()[:12]
         out = default_data_home() / "segmenter_data" / f"{ds.root.name}-{tag}"
-        export_dataset(labelled, out, "mvtec", copy_images=copy_images, overwrite=True)
+        export_dataset(labelled, out, "mvtec", copy_images=False, overwrite=True)
         return out
 
     def train_segmenter(self, on_submitted: Any = None) -> None:
@@ -124,9 +126,6 @@ class AnnotationFeature(Feature):
         if w.dataset is None:
             w.show_error("Open a dataset with defect masks (or draw some in the Annotate dock) first.")
             return
-        # A remote engine is sent the export (EngineLink.submit uploads it): real files there, not links to
-        # images it cannot see; a local engine follows the links.
-        copy_images = not w.link.is_local
 
         def submit(data: Path) -> None:
             w.link.submit("train_segmenter", {**self.segmenter_job_params, "data": str(data)},
@@ -136,8 +135,7 @@ class AnnotationFeature(Feature):
                                   if w.link.is_local else "Sending the masks to the engine (see Jobs)…")
 
         w.status_message.emit("Collecting the defect masks for the segmenter…")
-        w.background(lambda: self.segmenter_training_data(copy_images), submit,
-                     lambda msg: w.show_error(f"Segmenter training data: {msg}"))
+        w.background(self.segmenter_training_data, submit, lambda msg: w.show_error(f"Segmenter training data: {msg}"))
 
     def _on_segmenter_trained(self, job: JobView) -> None:
         w = self.window

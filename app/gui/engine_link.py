@@ -475,7 +475,7 @@ class EngineLink(QObject):
         if files is not None:
             upload.files = files
         if done is not None and total is not None:
-            upload.bytes_done, upload.bytes_total = done, total
+            upload.bytes_done, upload.bytes_total, upload.sized = done, total, True
         self.uploads_changed.emit(self.uploads)
 
     def _end_uploads(self, uploads: list[Upload], state: str) -> None:

@@ -38,18 +38,26 @@ class Upload:
     id: str = field(default_factory=lambda: f"upload-{next(_ids)}")
     files: int = 0
     bytes_done: int = 0
-    bytes_total: int = 0
+    bytes_total: int = 0  # what the engine lacks: files it already has are not sent again
+    sized: bool = False  # the engine said what it lacks (before: the folder is being hashed and compared)
     state: str = UPLOADING
     ref: str | None = None
 
     @property
     def fraction(self) -> float:
-        return self.bytes_done / self.bytes_total if self.bytes_total else 0.0
+        if not self.bytes_total:
+            return 1.0 if self.sized else 0.0
+        return self.bytes_done / self.bytes_total
 
     def describe(self) -> str:
         """One line: what goes where, and how far."""
         done, total = _mib(self.bytes_done), _mib(self.bytes_total)
-        size = f"{done} / {total} MiB" if self.bytes_total else "checking what the engine has"
+        if not self.sized:
+            size = "checking what the engine already has"
+        elif not self.bytes_total:
+            size = "the engine has them all"
+        else:
+            size = f"{done} / {total} MiB to send"
         return f"{self.folder.name} ({self.param} of {self.kind}): {self.files} files, {size}"
 
 

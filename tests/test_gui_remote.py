@@ -25,8 +25,9 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
 from app.gui.engine_link import EngineSettings
-from app.gui.uploads import Upload
+from app.gui.uploads import Upload, local_folders
 from engine.client import EngineClient, JobView
+from engine.errors import DefectScopeError
 from tests import test_gui_job_outcomes as outcomes
 from tests.conftest import DEMO_CATEGORY
 from tests.test_gui_workbench import open_and_wait
@@ -35,7 +36,7 @@ TOKEN = outcomes.TOKEN
 # The fixtures of the job-outcome tests: a real main window, and a second engine that reads only its own folder.
 home, window, remote_engine = outcomes.home, outcomes.window, outcomes.remote_engine
 
-pytestmark = pytest.mark.skipif(
+needs_uploads = pytest.mark.skipif(
     not hasattr(EngineClient, "upload_folder"),
     reason="EngineClient.upload_folder (issue 14, package U1) is not in this checkout: nothing can be uploaded")
 
@@ -66,6 +67,25 @@ def _wait_job(qtbot, window, kind: str, timeout: int = 240_000) -> JobView:
     return job
 
 
+def test_which_parameters_travel(tmp_path):
+    """Local folders among the kind's path parameters travel; the engine's own outputs go by ref; a path that
+    is not here is the engine's; a local file is refused naming its parameter; other parameters are untouched."""
+    data, model, checkpoint = tmp_path / "set", tmp_path / "downloaded-model", tmp_path / "sam.pt"
+    data.mkdir()
+    model.mkdir()
+    checkpoint.write_bytes(b"x")
+    refs = {model.resolve(): "job:0123456789ab/model"}
+    params, send = local_folders("score_dataset", {"model": str(model), "data": str(data), "category": str(data)},
+                                 lambda p: refs.get(p.resolve()))
+    assert send == {"data": data.resolve()}
+    assert params == {"model": "job:0123456789ab/model", "data": str(data), "category": str(data)}
+    params, send = local_folders("eval", {"model": "upload:abc/m", "data": "/srv/on/the/engine"}, refs.get)
+    assert send == {} and params == {"model": "upload:abc/m", "data": "/srv/on/the/engine"}
+    with pytest.raises(DefectScopeError, match=r"params\.checkpoint: .*sam\.pt is a file on this computer"):
+        local_folders("import_sam", {"checkpoint": str(checkpoint)}, refs.get)
+
+
+@needs_uploads
 def test_cancel_an_upload_submits_nothing_and_says_why(qtbot, window, remote_engine, tmp_path):
     url, _data_root = remote_engine
     big = tmp_path / "big-set"
@@ -88,6 +108,7 @@ def test_cancel_an_upload_submits_nothing_and_says_why(qtbot, window, remote_eng
     assert window.link.jobs == []
 
 
+@needs_uploads
 def test_a_model_folder_only_here_is_uploaded_not_refused(qtbot, window, demo_data, tmp_path,
                                                           remote_engine):
     url, data_root = remote_engine
@@ -111,6 +132,7 @@ def test_a_model_folder_only_here_is_uploaded_not_refused(qtbot, window, demo_da
 
 
 @pytest.mark.slow
+@needs_uploads
 def test_train_score_and_see_the_heatmaps_on_a_remote_engine(qtbot, window, demo_data, remote_engine):
     url, data_root = remote_engine
     root = demo_data / DEMO_CATEGORY  # a folder of this computer, outside the engine's data root
@@ -131,7 +153,9 @@ def test_train_score_and_see_the_heatmaps_on_a_remote_engine(qtbot, window, demo
     window.training.open_train_dialog()  # Model ▸ Train…, the real dialog
     trained = _wait_job(qtbot, window, "train_anomaly")
     assert trained.state == "succeeded", trained
-    assert Path(trained.params["data"]).is_relative_to(_engine_dir(data_root))
+    engine_copy = Path(trained.params["data"])
+    assert engine_copy.is_relative_to(_engine_dir(data_root)) and trained.refs["data"].startswith("upload:")
+    assert engine_copy.name == root.name  # the category folder keeps its name (its category) on the engine
     [upload] = seen
     assert upload.param == "data" and upload.files == sum(1 for p in root.rglob("*") if p.is_file())
     assert upload.bytes_done == upload.bytes_total > 0 and max(progress) > 0  # the row showed progress
@@ -154,6 +178,7 @@ def test_train_score_and_see_the_heatmaps_on_a_remote_engine(qtbot, window, demo
 
 
 @pytest.mark.slow
+@needs_uploads
 def test_train_the_segmenter_on_masks_drawn_here_on_a_remote_engine(qtbot, window, demo_data,
                                                                     remote_engine):
     from engine.datasets.types import GOOD
@@ -185,6 +210,7 @@ def test_train_the_segmenter_on_masks_drawn_here_on_a_remote_engine(qtbot, windo
 
 
 @pytest.mark.slow
+@needs_uploads
 def test_add_a_product_to_a_unified_model_on_a_remote_engine(qtbot, window, tmp_path, remote_engine):
     pytest.importorskip("torch", reason="the engine trains the unified model with torch")
     from engine.datasets.demo import generate_demo_dataset

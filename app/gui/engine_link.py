@@ -14,7 +14,7 @@ States (`status_changed(state, detail)`):
 * ``unauthorized`` the engine answered 401 to our token; not retried (the token must change)
 
 Data travels, not paths: on a remote engine, `submit` first uploads every path parameter that names a folder of
-this computer (app/gui/uploads.py) and the job names it by its "upload:<id>" reference; the uploads are listed
+this computer (app/gui/uploads.py) and the job names it by its "upload:<id>/<name>" reference; the uploads are listed
 (`uploads_changed`) with their progress and can be cancelled, and a failed or cancelled upload submits nothing.
 """
 
@@ -406,11 +406,9 @@ class EngineLink(QObject):
             message = str(exc)
             QTimer.singleShot(0, lambda: report(message))
             return
-        if not send:
+        if not send or self._client is None or self._state != CONNECTED:
+            # Nothing to send, or no engine to send it to (the call answers "not connected" as usual).
             self._call(lambda c: c.submit(kind, params), done, on_error)
-            return
-        if self._client is None or self._state != CONNECTED:
-            self._call(lambda c: c.submit(kind, params), done, on_error)  # the same "not connected" answer
             return
         sources.update(send)
         cancel = threading.Event()
@@ -450,7 +448,7 @@ class EngineLink(QObject):
 
     def _send(self, url: str, token: str, verify: bool | str, uploads: list[Upload],
               guard: Callable[[], bool]) -> dict[str, str]:
-        """Runs on a pool thread: each folder to the engine, in turn; {param: "upload:<id>"}."""
+        """Runs on a pool thread: each folder to the engine, in turn; {param: "upload:<id>/<name>"}."""
         refs: dict[str, str] = {}
         with LinkClient(url, token or None, timeout=UPLOAD_TIMEOUT_S, verify=verify) as client:
             for upload in uploads:
@@ -465,7 +463,7 @@ class EngineLink(QObject):
                         last = now
                         post_to_gui(lambda dt, u=u: self._upload_moved(u, *dt), (done, total), guard)
 
-                refs[upload.param] = upload.ref = send_folder(client, upload, progress)
+                refs[upload.param] = send_folder(client, upload, progress)
         return refs
 
     def _upload_moved(self, upload: Upload, done: int | None = None, total: int | None = None,

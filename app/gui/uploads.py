@@ -46,7 +46,6 @@ class Upload:
     bytes_total: int = 0  # what the engine lacks: files it already has are not sent again
     sized: bool = False  # the engine said what it lacks (before: the folder is being hashed and compared)
     state: str = UPLOADING
-    ref: str | None = None
 
     @property
     def fraction(self) -> float:

@@ -4,7 +4,6 @@ the real main window offscreen.
 * each submitted job's outcome goes to the callback it was submitted with (two jobs, two callbacks);
 * Model ▸ Score dataset on a remote engine (a second engine process that may read only its own folder) sends
   the engine's artifact ref `job:<id>/model`, never the workbench's download cache, and the heatmaps load;
-* a model folder that exists only on this computer is refused with a clear message on a remote engine;
 * the metrics count the test split only (as `defectscope eval`) and say so.
 """
 
@@ -102,25 +101,6 @@ def test_two_jobs_each_reach_their_own_callback(qtbot, home, remote_engine):
         assert {j.id for j in announced} == set(ids.values())  # the signal still tells everyone, once per job
     finally:
         link.stop()
-
-
-def test_a_local_model_folder_is_refused_on_a_remote_engine_with_a_clear_message(qtbot, window, demo_data, tmp_path,
-                                                                                 remote_engine):
-    url, _data = remote_engine
-    model = tmp_path / "only-here"
-    model.mkdir()
-    (model / "model.onnx").write_bytes(b"")
-    (model / "model.json").write_text(json.dumps({"category": DEMO_CATEGORY, "threshold": 1.0}))
-    window.link.start(EngineSettings(mode="remote", url=url, token=TOKEN))
-    open_and_wait(qtbot, window, demo_data / DEMO_CATEGORY)
-    qtbot.waitUntil(lambda: window.link.state == "connected", timeout=30_000)
-    window.models.set_model(model)
-    assert window.models.model_dir == model
-    window.scoring.score_dataset()
-    assert window.banner.isVisible() and str(model) in window.banner.text()
-    assert "cannot read it" in window.banner.text()
-    qtbot.wait(2500)  # two polls: had anything been submitted, the engine would list it
-    assert window.link.jobs == []
 
 
 def test_metrics_count_the_test_split_only_and_say_so(qtbot, window, demo_data, tmp_path):

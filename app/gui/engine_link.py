@@ -12,11 +12,17 @@ States (`status_changed(state, detail)`):
 * ``connected``    GET /jobs works with our token; jobs are polled every second
 * ``unreachable``  the engine does not answer; retried every few seconds until it does
 * ``unauthorized`` the engine answered 401 to our token; not retried (the token must change)
+
+Data travels, not paths: on a remote engine, `submit` first uploads every path parameter that names a folder of
+this computer (app/gui/uploads.py) and the job names it by its "upload:<id>/<name>" reference; the uploads are listed
+(`uploads_changed`) with their progress and can be cancelled, and a failed or cancelled upload submits nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import replace
@@ -47,11 +53,12 @@ from app.gui.engine_settings import (  # noqa: F401  (re-exported: the link's se
     save_settings,
 )
 from app.gui.local_engine import ENGINE_LOG, Launch, engine_command, start_local_engine  # noqa: F401
-from app.gui.tasks import background_executor, run_in_background
+from app.gui.tasks import background_executor, post_to_gui, run_in_background
+from app.gui.uploads import CANCELLED, FAILED, SENT, Upload, count_files, local_folders, send_folder
 from engine.client import JobView
 from engine.errors import DefectScopeError
 from engine.home import default_data_home
-from engine.jobs.registry import model_output
+from engine.jobs.registry import job_kinds, model_output
 from engine.server import layout
 from engine.server.layout import artifact_dir, artifact_ref
 
@@ -63,6 +70,8 @@ ACTIVE_STATES = frozenset({"queued", "running"})
 
 POLL_MS = 1000
 RETRY_MS = 3000
+UPLOAD_PROGRESS_S = 0.1  # at most this often per upload: a fast link must not flood the GUI thread
+UPLOAD_TIMEOUT_S = 120.0  # per request (one chunk); the upload as a whole may take as long as it needs
 
 
 def _probe(url: str, token: str, verify: bool | str) -> tuple[LinkClient, list[JobView]] | EngineUnauthorized:
@@ -100,12 +109,14 @@ class EngineLink(QObject):
         job_finished(JobView): once per job that reached succeeded / failed / cancelled while the link watched,
             after the `on_finished` callback that job was submitted with (if any).
         error(str): a fire-and-forget call (cancel without on_error) failed; one readable line.
+        uploads_changed(list): the uploads under way (Upload records), whenever one starts, moves or ends.
     """
 
     status_changed = Signal(str, str)
     jobs_changed = Signal(list)
     job_finished = Signal(object)  # JobView
     error = Signal(str)
+    uploads_changed = Signal(list)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -127,6 +138,9 @@ class EngineLink(QObject):
         self._poll_in_flight = False
         self._probe_in_flight = False
         self._fetched: dict[tuple[str, str], Path] = {}
+        self._uploads: list[Upload] = []
+        # What each job submitted here was sent from: job id -> {param: local folder} (its "upload:" refs).
+        self._sources: dict[str, dict[str, Path]] = {}
         self._poll_timer = QTimer(self)
         self._poll_timer.setInterval(POLL_MS)
         self._poll_timer.timeout.connect(self.refresh)
@@ -224,6 +238,11 @@ class EngineLink(QObject):
         self._retry_timer.stop()
         self._poll_in_flight = self._probe_in_flight = False
         client, self._client = self._client, None
+        if self._uploads:  # they were for the old connection: stop them (their answers are dropped anyway)
+            for upload in self._uploads:
+                upload.cancel.set()
+            self._uploads = []
+            self.uploads_changed.emit([])
         if client is not None:
             run_in_background(client.close)  # closing may wait on a request in flight on another thread
         if stop_engine and self._launch is not None:
@@ -362,16 +381,106 @@ class EngineLink(QObject):
 
         `on_finished(job)` runs once on the GUI thread when that job reaches a final state (succeeded, failed or
         cancelled), before `job_finished` is emitted for it: the submitter handles its own outcome.
+
+        On a remote engine, local folders among the job's path parameters are uploaded first (see the module
+        docstring); a failed or cancelled upload reaches `on_error` and nothing is submitted.
         """
+        report = on_error or self.error.emit
+        sources: dict[str, Path] = {}
 
         def done(job_id: str) -> None:
             if on_finished is not None:
                 self._on_finished[job_id] = on_finished
+            if sources:
+                self._sources[job_id] = sources
             self.refresh()
             if on_done is not None:
                 on_done(job_id)
 
-        self._call(lambda c: c.submit(kind, params), done, on_error)
+        if self.is_local:
+            self._call(lambda c: c.submit(kind, params), done, on_error)
+            return
+        try:
+            params, send = local_folders(kind, params, self._download_ref)
+        except DefectScopeError as exc:
+            message = str(exc)
+            QTimer.singleShot(0, lambda: report(message))
+            return
+        if not send or self._client is None or self._state != CONNECTED:
+            # Nothing to send, or no engine to send it to (the call answers "not connected" as usual).
+            self._call(lambda c: c.submit(kind, params), done, on_error)
+            return
+        sources.update(send)
+        cancel = threading.Event()
+        uploads = [Upload(kind, name, folder, cancel) for name, folder in send.items()]
+        self._uploads.extend(uploads)
+        self.uploads_changed.emit(self.uploads)
+
+        def sent(refs: dict[str, str]) -> None:
+            self._end_uploads(uploads, SENT)
+            self._call(lambda c: c.submit(kind, {**params, **refs}), done, on_error)
+
+        def failed(message: str) -> None:
+            self._end_uploads(uploads, CANCELLED if cancel.is_set() else FAILED)
+            report(message)
+
+        url, token, verify, guard = self._url, self._token, self._verify, self._current_guard()
+        run_in_background(lambda: self._send(url, token, verify, uploads, guard), sent, failed, guard)
+
+    @property
+    def uploads(self) -> list[Upload]:
+        """The uploads under way, oldest first."""
+        return list(self._uploads)
+
+    def cancel_upload(self, upload_id: str) -> None:
+        """Stop an upload at its next chunk; the job it was for is not submitted (nor its other uploads)."""
+        for upload in self._uploads:
+            if upload.id == upload_id:
+                upload.cancel.set()
+
+    def local_source(self, job: JobView, param: str) -> Path | None:
+        """The folder of this computer a job's path parameter was uploaded from (jobs submitted here), else None.
+
+        The engine reports its own folder of the upload (job.params); results that name it (scores, proposals)
+        are about this local folder.
+        """
+        return self._sources.get(job.id, {}).get(param)
+
+    def _send(self, url: str, token: str, verify: bool | str, uploads: list[Upload],
+              guard: Callable[[], bool]) -> dict[str, str]:
+        """Runs on a pool thread: each folder to the engine, in turn; {param: "upload:<id>/<name>"}."""
+        refs: dict[str, str] = {}
+        with LinkClient(url, token or None, timeout=UPLOAD_TIMEOUT_S, verify=verify) as client:
+            for upload in uploads:
+                files = count_files(upload.folder)
+                post_to_gui(lambda n, u=upload: self._upload_moved(u, files=n), files, guard)
+                last = 0.0
+
+                def progress(done: int, total: int, u: Upload = upload) -> None:
+                    nonlocal last
+                    now = time.monotonic()
+                    if now - last >= UPLOAD_PROGRESS_S or done >= total:
+                        last = now
+                        post_to_gui(lambda dt, u=u: self._upload_moved(u, *dt), (done, total), guard)
+
+                refs[upload.param] = send_folder(client, upload, progress)
+        return refs
+
+    def _upload_moved(self, upload: Upload, done: int | None = None, total: int | None = None,
+                      files: int | None = None) -> None:
+        if upload not in self._uploads:
+            return
+        if files is not None:
+            upload.files = files
+        if done is not None and total is not None:
+            upload.bytes_done, upload.bytes_total, upload.sized = done, total, True
+        self.uploads_changed.emit(self.uploads)
+
+    def _end_uploads(self, uploads: list[Upload], state: str) -> None:
+        for upload in uploads:
+            upload.state = state
+        self._uploads = [u for u in self._uploads if u not in uploads]
+        self.uploads_changed.emit(self.uploads)
 
     def cancel(self, job_id: str, on_done: Callable[[dict], None] | None = None,
                on_error: Callable[[str], None] | None = None) -> None:
@@ -441,20 +550,33 @@ class EngineLink(QObject):
     def engine_path(self, folder: Path, prefix: str = "model") -> str:
         """How to name a local folder of job outputs to this engine (a job parameter such as `model`).
 
-        A local engine reads this computer's disk: the path itself. A remote engine cannot: a folder that came
-        from one of its jobs is named by that job's artifact ref (job:<id>/<prefix>), never by the download
-        cache's path; any other local folder is refused with a clear error (uploading is not supported yet).
+        A local engine reads this computer's disk: the path itself. On a remote engine a folder that came from
+        one of its jobs is named by that job's artifact ref (job:<id>/<prefix>), never by the download cache's
+        path; any other folder is given as it is, and `submit` uploads it.
         """
         folder = Path(folder)
         if self.is_local:
             return str(folder)
-        ref = self.artifact_ref_for(folder, prefix)
-        if ref is not None:
-            return ref
-        raise DefectScopeError(
-            f"{folder} is a folder on this computer; the remote engine at {self._url or 'its address'} cannot "
-            f"read it. Use a {prefix} the engine trained (Models panel), or switch to the local engine "
-            "(Engine ▸ Settings); sending models to a remote engine is not supported yet.")
+        return self.artifact_ref_for(folder, prefix) or self._download_ref(folder) or str(folder)
+
+    def _download_ref(self, folder: Path) -> str | None:
+        """job:<id>/<artifact> when `folder` is any output of this engine's jobs downloaded here, else None."""
+        for (job_id, name), path in self._fetched.items():
+            if _same_path(path, folder):
+                return artifact_ref(job_id, name)
+        kinds = job_kinds()
+        for job in self._jobs:
+            spec = kinds.get(job.kind)
+            if job.state != "succeeded" or spec is None:
+                continue
+            for name in dict.fromkeys(spec.outputs.values()):
+                try:
+                    cached = artifact_cache_dir(job.id, name)
+                except DefectScopeError:  # not a folder name the cache uses (e.g. a report file)
+                    continue
+                if _same_path(cached, folder):
+                    return artifact_ref(job.id, name)
+        return None
 
     def artifact_ref_for(self, folder: Path, prefix: str = "model") -> str | None:
         """job:<id>/<prefix> when `folder` is this engine's job output downloaded here, else None."""

@@ -9,6 +9,9 @@ The log pane follows the selected job: its worker's output (GET /jobs/{id}/logs,
 the job is queued or running, only the new tail appended) interleaved with a line per change of its state or
 progress message, marked "▸". Training prints little itself; those lines are what shows it is moving. The pane
 sticks to the end unless the user scrolled up to read.
+
+Above the table, the folders on their way to a remote engine (app/gui/upload_rows.py): a job is listed once its
+data has arrived and it was submitted.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.engine_link import ACTIVE_STATES, EngineLink
+from app.gui.upload_rows import UploadRows
 from engine.client import JobView
 
 COLUMNS = ("ID", "Kind", "State", "Progress", "Message", "Placement", "Created")
@@ -213,6 +217,7 @@ class JobsPanel(QWidget):
         self._cancelling: str | None = None
 
         self.status_label = QLabel()
+        self.uploads = UploadRows(link)
         self.model = JobsModel(self)
         self.table = QTableView()
         self.table.setModel(self.model)
@@ -254,6 +259,7 @@ class JobsPanel(QWidget):
         top_layout = QVBoxLayout(top)
         top_layout.setContentsMargins(0, 0, 0, 0)
         top_layout.addWidget(self.status_label)
+        top_layout.addWidget(self.uploads)
         top_layout.addWidget(self.table)
         buttons = QHBoxLayout()
         buttons.addWidget(self.cancel_button)

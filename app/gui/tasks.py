@@ -105,6 +105,16 @@ def run_in_background(fn: Callable[[], Any], on_done: Callable[[Any], None] | No
     pool.start(_Task(fn, relay, on_done, on_error, guard))
 
 
+def post_to_gui(callback: Callable[[Any], None], value: Any, guard: Callable[[], bool] | None = None) -> None:
+    """From any thread: `callback(value)` later on the GUI thread (dropped like run_in_background's answers).
+
+    For news in the middle of a background task (an upload's progress), which run_in_background's one answer
+    cannot carry.
+    """
+    relay, _pool = background_executor()
+    relay.delivered.emit((guard, callback, value))
+
+
 def wait_for_background(msecs: int = 10_000) -> bool:
     """Wait for queued and running tasks (at exit, so none outlives the objects it reports to)."""
     return all(pool.waitForDone(msecs) for pool in _pools.values())

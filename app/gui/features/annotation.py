@@ -66,12 +66,9 @@ class AnnotationFeature(Feature):
             w.show_error("Needs an open dataset, an anomaly model (Models panel) and a segmenter model "
                          "(Annotate ▸ Segmenter model…).")
             return
-        try:
-            params = {"model": w.link.engine_path(model_dir, "model"),
-                      "segmenter": w.link.engine_path(seg, "segmenter"), "data": str(w.dataset.root)}
-        except DefectScopeError as exc:
-            w.show_error(f"Proposals: {exc}")
-            return
+        # On a remote engine the link names its own outputs by ref and uploads the other folders.
+        params = {"model": w.link.engine_path(model_dir, "model"),
+                  "segmenter": w.link.engine_path(seg, "segmenter"), "data": str(w.dataset.root)}
         if w.category:
             params["category"] = w.category
         w.link.submit("propose_masks", params, on_finished=self._on_proposed,
@@ -81,16 +78,19 @@ class AnnotationFeature(Feature):
     def _on_proposed(self, job: JobView) -> None:
         w = self.window
         if job.state == "succeeded":
-            w.link.fetch_artifact_dir(job, "proposals", self._on_proposals,
+            # Proposals on an uploaded dataset name the engine's copy: they are about the folder sent from here.
+            source = w.link.local_source(job, "data")
+            w.link.fetch_artifact_dir(job, "proposals", lambda folder: self._on_proposals(folder, source),
                                       lambda msg: w.show_error(f"Cannot fetch the proposals: {msg}"))
         elif job.state == "failed":
             w.show_error(f"Proposing masks failed: {job.error}")
 
-    def _on_proposals(self, folder: Path) -> None:
+    def _on_proposals(self, folder: Path, data_root: Path | None = None) -> None:
         w = self.window
 
         def show(summary: dict) -> None:
-            if w.dataset is None or Path(summary.get("data", "")).resolve() != w.dataset.root.resolve():
+            data = data_root or Path(summary.get("data", ""))
+            if w.dataset is None or data.resolve() != w.dataset.root.resolve():
                 w.status_message.emit("Proposals are for another dataset: not shown.")
                 return
             n = self.controller.set_pending(summary.get("items", {}))
@@ -104,7 +104,10 @@ class AnnotationFeature(Feature):
     # ----------------------------------------------------------------- segmenter training
     def segmenter_training_data(self) -> Path:
         """The open dataset with the engineer's drawn annotations as its labels, written as an MVTec layout
-        (images linked, masks rasterised) for a train_segmenter job. Runs off the GUI thread."""
+        (images linked, masks rasterised) for a train_segmenter job. Runs off the GUI thread.
+
+        A remote engine is sent this folder (EngineLink.submit uploads it): an upload sends the files the links
+        point to, and only those the engine lacks (the images it already has from the dataset's own upload)."""
         from app.annotate.document import annotated_dataset
         from engine.datasets.writers import export_dataset
 
@@ -123,17 +126,13 @@ class AnnotationFeature(Feature):
         if w.dataset is None:
             w.show_error("Open a dataset with defect masks (or draw some in the Annotate dock) first.")
             return
-        if not w.link.is_local:
-            # The export lives on this computer; a remote engine would not see it.
-            w.show_error("Training the segmenter on drawn masks needs the local engine (Engine ▸ Settings); "
-                         "on a remote engine, submit train_segmenter with a dataset path on that server.")
-            return
 
         def submit(data: Path) -> None:
             w.link.submit("train_segmenter", {**self.segmenter_job_params, "data": str(data)},
                           on_done=on_submitted, on_finished=self._on_segmenter_trained,
                           on_error=lambda msg: w.show_error(f"Segmenter training could not start: {msg}"))
-            w.status_message.emit("Training the segmenter in the engine (see Jobs); it loads when done.")
+            w.status_message.emit("Training the segmenter in the engine (see Jobs); it loads when done."
+                                  if w.link.is_local else "Sending the masks to the engine (see Jobs)…")
 
         w.status_message.emit("Collecting the defect masks for the segmenter…")
         w.background(self.segmenter_training_data, submit, lambda msg: w.show_error(f"Segmenter training data: {msg}"))

@@ -9,6 +9,7 @@ which images it includes, so the figures here and the CLI's agree.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,12 +70,8 @@ class ScoringFeature(Feature):
         if w.dataset is None or model_dir is None:
             w.show_error("Open a dataset and choose a model (Models panel or Model ▸ Use model folder) first.")
             return
-        try:
-            model = w.link.engine_path(model_dir, "model")
-        except DefectScopeError as exc:
-            w.show_error(f"Scoring: {exc}")
-            return
-        params = {"model": model, "data": str(w.dataset.root)}
+        # On a remote engine the link names a model it made by its ref and uploads any other folder.
+        params = {"model": w.link.engine_path(model_dir, "model"), "data": str(w.dataset.root)}
         if w.category:
             params["category"] = w.category
         w.link.submit("score_dataset", params, on_finished=self._on_scored,
@@ -92,20 +89,29 @@ class ScoringFeature(Feature):
             w.show_banner("Scores: " + " ".join(notes), "warning", tag="scores")
         else:
             w.hide_banner_if("scores")
-        w.link.fetch_artifact_dir(job, "predictions", self.load_predictions,
+        # Scores of an uploaded dataset name the engine's copy of it: they are about the folder sent from here.
+        source = w.link.local_source(job, "data")
+        w.link.fetch_artifact_dir(job, "predictions", lambda folder: self.load_predictions(folder, source),
                                   lambda msg: w.show_error(f"Cannot fetch the scores: {msg}"))
 
-    def load_predictions(self, folder: Path) -> None:
-        self.window.background(lambda: Predictions.load(Path(folder)), self._on_predictions, self.window.show_error)
+    def load_predictions(self, folder: Path, data_root: Path | None = None) -> None:
+        """Show a predictions folder; `data_root`: the local dataset they were made on when the engine scored an
+        uploaded copy of it (their own `data` names the engine's folder)."""
+
+        def load() -> Predictions:
+            preds = Predictions.load(Path(folder))
+            return replace(preds, data=str(data_root)) if data_root is not None else preds
+
+        self.window.background(load, lambda preds: self._on_predictions(preds, data_root), self.window.show_error)
 
     def maybe_load_cached(self) -> None:
         """Predictions the active model already made for this dataset (a finished score job) come back at once."""
         w = self.window
         if w.models.model_dir is None or w.dataset is None:
             return
-        folder = _predictions_cache(w.models.model_dir, w.dataset.root)
+        folder, data_root = _predictions_cache(w.models.model_dir, w.dataset.root)
         if (folder / "scores.json").is_file():
-            self.load_predictions(folder)
+            self.load_predictions(folder, data_root)
 
     def _on_dataset(self, _root: str) -> None:
         self.predictions = None
@@ -115,7 +121,7 @@ class ScoringFeature(Feature):
         self.window.review.show_impact(None)
         self.maybe_load_cached()
 
-    def _on_predictions(self, preds: Predictions) -> None:
+    def _on_predictions(self, preds: Predictions, uploaded_from: Path | None = None) -> None:
         w = self.window
         if w.dataset is None:
             return
@@ -127,7 +133,7 @@ class ScoringFeature(Feature):
             return
         self.predictions = preds
         if w.models.model_dir is not None:
-            _remember_predictions(w.models.model_dir, w.dataset.root, preds.folder)
+            _remember_predictions(w.models.model_dir, w.dataset.root, preds.folder, uploaded_from)
         self.model_threshold = preds.threshold
         labels = {k: w.samples[k].label for k in scores}
         defect_types = {k: w.samples[k].defect_type for k in scores}
@@ -235,9 +241,14 @@ def _index_key(model_dir: Path, data_root: Path) -> str:
     return hashlib.sha1(f"{Path(model_dir).resolve()}|{Path(data_root).resolve()}".encode()).hexdigest()[:20]
 
 
-def _predictions_cache(model_dir: Path, data_root: Path) -> Path:
-    return Path(str(_predictions_index().value(_index_key(model_dir, data_root), "") or "/nonexistent"))
+def _predictions_cache(model_dir: Path, data_root: Path) -> tuple[Path, Path | None]:
+    """(the predictions folder, the local dataset it stands for when it scored an uploaded copy, else None)."""
+    index, key = _predictions_index(), _index_key(model_dir, data_root)
+    uploaded = str(index.value(f"{key}_uploaded_from", "") or "")
+    return Path(str(index.value(key, "") or "/nonexistent")), Path(uploaded) if uploaded else None
 
 
-def _remember_predictions(model_dir: Path, data_root: Path, folder: Path) -> None:
-    _predictions_index().setValue(_index_key(model_dir, data_root), str(folder))
+def _remember_predictions(model_dir: Path, data_root: Path, folder: Path, uploaded_from: Path | None) -> None:
+    index, key = _predictions_index(), _index_key(model_dir, data_root)
+    index.setValue(key, str(folder))
+    index.setValue(f"{key}_uploaded_from", str(uploaded_from or ""))

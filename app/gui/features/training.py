@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from app.gui.features.base import Feature, MenuEntry
 from app.gui.job_dialog import EvalDialog, TrainDialog
 from engine.client import JobView
@@ -35,9 +33,8 @@ class TrainingFeature(Feature):
                             w.dataset.categories if w.dataset else [], w,
                             models=w.models.panel.models(), check_paths=w.link.is_local)
         if dialog.exec():
-            params = dialog.params()
-            # A model downloaded from a remote engine is named to it by its job; a typed path is the engine's own.
-            ref = None if w.link.is_local else w.link.artifact_ref_for(Path(params["model"]))
-            w.link.submit("eval", {**params, "model": ref or params["model"]},
+            # On a remote engine the link names a model it made by its job's ref and uploads other local folders;
+            # a path that does not exist here is the engine's own.
+            w.link.submit("eval", dialog.params(),
                           on_finished=self.report_failure("Evaluation"),
                           on_error=lambda m: w.show_error(f"Evaluation: {m}"))

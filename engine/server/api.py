@@ -19,7 +19,7 @@ from engine.checksums import sha256_file
 from engine.errors import ArtifactRefError, DefectScopeError
 from engine.jobs.registry import get_job_kind, job_kinds, validate_params
 from engine.server import layout
-from engine.server.errors import OutsideDataRootsError, api_error, error_responses, install_error_handlers
+from engine.server.errors import ErrorBody, OutsideDataRootsError, api_error, error_responses, install_error_handlers
 from engine.server.executor import LocalExecutor, RayExecutor, is_final
 from engine.server.schemas import (
     ArtifactEntry,
@@ -124,6 +124,15 @@ AUTH_ERRORS = (401,)
 # Declared as a security scheme so that /openapi.json says which routes need the token (all but /health).
 BEARER = HTTPBearer(auto_error=False, description="the engine's token (DATA_DIR/token or --token-file)")
 _TEXT = {"schema": {"type": "string"}}
+# One server-sent event: unnamed ones carry a job event as JSON (started, progress, log...), the last is "end".
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["end"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+    "required": ["data"],
+}
 
 
 def create_app(eng: Engine) -> FastAPI:
@@ -190,7 +199,7 @@ def create_app(eng: Engine) -> FastAPI:
         return path.read_text(errors="replace") if path.exists() else ""
 
     @app.get("/jobs/{job_id}/events", dependencies=[Depends(auth)], response_class=StreamingResponse,
-             responses={200: {"content": {"text/event-stream": _TEXT},
+             responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
                               "description": "server-sent events until the job ends (then `event: end`)"},
                         **error_responses(401, 404)})
     async def events(job_id: str) -> StreamingResponse:
@@ -218,8 +227,8 @@ def create_app(eng: Engine) -> FastAPI:
 
     @app.post("/uploads", dependencies=[Depends(auth)], response_model=UploadResponse,
               responses=error_responses(400, 401, 413),
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/zip": {"schema": {"type": "string", "format": "binary"}}}}})
+              openapi_extra={"requestBody": {"required": True, "description": "a zip archive", "content": {
+                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     async def upload(request: Request) -> dict:
         """A zip archive as the request body -> a folder on the engine to pass as a job's `data`."""
         eng.uploads_dir.mkdir(parents=True, exist_ok=True)
@@ -282,8 +291,9 @@ def exact_openapi(app: FastAPI) -> dict[str, Any]:
                 answer = operation.get("responses", {}).get("422", {})
                 if "HTTPValidationError" in json.dumps(answer):
                     del operation["responses"]["422"]
-        components = schema.get("components", {}).get("schemas", {})
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             components.pop(unused, None)
+        components["ErrorBody"] = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
         app.openapi_schema = schema
     return app.openapi_schema

@@ -70,11 +70,19 @@ STATUS_MEANINGS: dict[int, str] = {
 }
 
 
+ERROR_BODY_REF = "#/components/schemas/ErrorBody"  # added to the schema's components by the engine's app
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for a route: each status documented with ErrorBody (and WWW-Authenticate on 401)."""
+    """`responses=` for a route: each status documented with ErrorBody (and WWW-Authenticate on 401).
+
+    Given as JSON content, not as a `model`: FastAPI would file a model under the route's own media type, and a
+    route answering text or a file still answers its errors as JSON.
+    """
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
-        entry: dict[str, Any] = {"model": ErrorBody, "description": STATUS_MEANINGS[status]}
+        entry: dict[str, Any] = {"description": STATUS_MEANINGS[status],
+                                 "content": {"application/json": {"schema": {"$ref": ERROR_BODY_REF}}}}
         if status == 401:
             entry["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}}
         out[status] = entry

@@ -88,10 +88,35 @@ def test_the_schema_is_exact(served_engine: str) -> None:
                 assert "401" in operation["responses"], (method, path)
 
 
-def test_schemathesis_with_every_check_finds_nothing(served_engine: str) -> None:
-    cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{served_engine}/openapi.json", "--checks", "all",
-           "--max-examples", str(EXAMPLES_PER_ROUTE), "--seed", str(SEED), "--no-color",
-           "-H", f"Authorization: Bearer {TOKEN}"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+def binary_body_operations(schema: dict) -> list[tuple[str, str]]:
+    """(method, path) of the operations whose request body is raw bytes (an upload)."""
+    found = []
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            content = operation.get("requestBody", {}).get("content", {})
+            if any(media.get("schema", {}).get("format") == "binary" for media in content.values()):
+                found.append((method.upper(), path))
+    return sorted(found)
+
+
+def test_schemathesis_with_every_check_finds_nothing(served_engine: str, tmp_path: Path) -> None:
+    schema = httpx.get(f"{served_engine}/openapi.json").json()
+    uploads = binary_body_operations(schema)
+    assert uploads == [("POST", "/uploads")], uploads  # JSON routes get no exception below
+    # A schema can say "bytes" but not "a well-formed zip archive": random bytes that the schema allows are
+    # refused with the documented 400 (or 413). Only for such bodies is that an accepted answer to valid data.
+    config = tmp_path / "schemathesis.toml"
+    config.write_text("".join(
+        f'[[operations]]\ninclude-method = "{method}"\ninclude-path = "{path}"\n'
+        'checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "413"]\n'
+        for method, path in uploads))
+    cmd = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
+           f"{served_engine}/openapi.json", "--checks", "all", "--max-examples", str(EXAMPLES_PER_ROUTE),
+           "--seed", str(SEED), "--no-color", "-H", f"Authorization: Bearer {TOKEN}",
+           # A queued job's event stream never ends (no worker slot here); schemathesis reads a stream until the
+           # request timeout, so a short one keeps the run short. Every other answer takes milliseconds.
+           "--request-timeout", "2"]
+    # Run in tmp_path: schemathesis keeps a cache of past failures in .schemathesis/ under its working directory.
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-12000:]

@@ -263,14 +263,14 @@ def create_app(eng: Engine) -> FastAPI:
                               "description": "the file's bytes",
                               "headers": {"X-Checksum-SHA256": {"schema": {"type": "string"},
                                                                 "description": "SHA-256 of the file, hex"}}},
-                        **error_responses(400, 401, 404)})
+                        **error_responses(401, 404)})
     def artifact(job_id: str, name: str) -> FileResponse:
         job_or_404(job_id)
         root = eng.artifacts_dir(job_id).resolve()
         try:
             path = layout.artifact_dir(eng.data_dir, job_id, name).resolve()
-        except ValueError:
-            raise api_error(400, f"artifact name '{name}' must stay inside the job's artifacts") from None
+        except ValueError:  # "..", absolute, backslashes: no artifact can have that name
+            raise api_error(404, f"no artifact '{name}' (artifact names stay inside the job's artifacts)") from None
         if not path.is_relative_to(root) or not path.is_file():  # symbolic links leaving the folder, too
             raise api_error(404, f"no artifact '{name}'")
         # One media type for every artifact: what the schema promises, whatever the file's extension.

@@ -19,7 +19,13 @@ from engine.checksums import sha256_file
 from engine.errors import ArtifactRefError, DefectScopeError
 from engine.jobs.registry import get_job_kind, job_kinds, validate_params
 from engine.server import layout
-from engine.server.errors import ErrorBody, OutsideDataRootsError, api_error, error_responses, install_error_handlers
+from engine.server.errors import (
+    ErrorBody,
+    OutsideDataRootsError,
+    api_error,
+    error_responses,
+    install_error_handlers,
+)
 from engine.server.executor import LocalExecutor, RayExecutor, is_final
 from engine.server.schemas import (
     ArtifactEntry,
@@ -139,7 +145,7 @@ def create_app(eng: Engine) -> FastAPI:
     """The engine's routes; every status each one answers is declared with its body (see engine/server/errors.py)."""
     app = FastAPI(title="DefectScope engine", version=engine.__version__)
     kinds = job_kinds()
-    install_error_handlers(app, tags=tuple(kinds))
+    install_error_handlers(app, tags=tuple(kinds), outputs={name: set(k.outputs) for name, k in kinds.items()})
 
     def auth(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
         given = credentials.credentials if credentials is not None else ""

@@ -8,7 +8,7 @@ client parses one shape whatever went wrong.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -104,7 +104,9 @@ def _location(loc: Sequence[Any], tags: Iterable[str]) -> str:
     return ".".join(parts)
 
 
-def _validation_line(error: dict[str, Any], tags: Sequence[str]) -> tuple[str, str | None]:
+def _validation_line(
+    error: dict[str, Any], tags: Sequence[str], outputs: Mapping[str, Collection[str]]
+) -> tuple[str, str | None]:
     """(one line, field) for one pydantic error of a request."""
     kind = error.get("type", "")
     if kind == "union_tag_invalid":
@@ -115,16 +117,26 @@ def _validation_line(error: dict[str, Any], tags: Sequence[str]) -> tuple[str, s
     if kind == "json_invalid":
         return f"request body: not valid JSON ({(error.get('ctx') or {}).get('error', error.get('msg'))})", None
     field = _location(error.get("loc", ()), tags) or None
+    if kind == "extra_forbidden" and field and field.startswith("params."):
+        loc = [str(p) for p in error.get("loc", ())]
+        job_kind = next((p for p in loc if p in tags), "this job kind")
+        why = "set by the engine (outputs go to the job's artifacts)" if field[len("params."):] in (
+            outputs.get(job_kind, ())) else f"not a parameter of {job_kind}"
+        return f"{field}: {why}", field
     return f"{field or 'request body'}: {error.get('msg', 'invalid')}", field
 
 
-def install_error_handlers(app: FastAPI, tags: Sequence[str] = ()) -> None:
+def install_error_handlers(
+    app: FastAPI, tags: Sequence[str] = (), outputs: Mapping[str, Collection[str]] | None = None
+) -> None:
     """Every error answer as ErrorBody. `tags`: the discriminator values (job kinds) of request bodies, dropped
-    from error locations so that a field reads "params.data", not "train_anomaly.params.data"."""
+    from error locations so that a field reads "params.data", not "train_anomaly.params.data"; `outputs`: per
+    kind, the parameters the engine sets itself (named as such when a client sends one)."""
+    outputs = outputs or {}
 
     @app.exception_handler(RequestValidationError)
     async def validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        lines = [_validation_line(e, tags) for e in exc.errors()] or [("request: invalid", None)]
+        lines = [_validation_line(e, tags, outputs) for e in exc.errors()] or [("request: invalid", None)]
         return _body(422, "; ".join(line for line, _ in lines), lines[0][1])
 
     @app.exception_handler(StarletteHTTPException)

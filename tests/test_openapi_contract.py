@@ -120,3 +120,36 @@ def test_schemathesis_with_every_check_finds_nothing(served_engine: str, tmp_pat
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-12000:]
+
+
+def test_every_error_has_one_shape_naming_its_field(served_engine: str) -> None:
+    c = httpx.Client(base_url=served_engine, headers={"Authorization": f"Bearer {TOKEN}"})
+    answers = {
+        "bad JSON": c.post("/jobs", content=b"{not json", headers={"content-type": "application/json"}),
+        "unknown kind": c.post("/jobs", json={"kind": "", "params": {}}),
+        "bad param": c.post("/jobs", json={"kind": "train_anomaly", "params": {"data": "d", "image_size": 65}}),
+        "output param": c.post("/jobs", json={"kind": "eval", "params": {"model": "m", "data": "d", "report": "r"}}),
+        "outside roots": c.post("/jobs", json={"kind": "eval", "params": {"model": "/etc", "data": "/etc"}}),
+        # Found by schemathesis: a NUL byte in a path used to be a 500 (Path.resolve raised ValueError).
+        "NUL in path": c.post("/jobs", json={"kind": "train_anomaly", "params": {"data": "a\u0000b"}}),
+        "unknown ref": c.post("/jobs", json={"kind": "eval", "params": {"model": "job:abc/model", "data": "d"}}),
+        "no job": c.get("/jobs/nosuchjob"),
+        "escaping artifact": c.get("/jobs/nosuchjob/artifacts/..%2F..%2Fetc"),
+        "no route": c.get("/nowhere"),
+        "wrong method": c.delete("/jobs"),
+        "no token": httpx.get(f"{served_engine}/jobs"),
+    }
+    expected = {
+        "bad JSON": (422, None), "unknown kind": (422, "kind"), "bad param": (422, "params.image_size"),
+        "output param": (422, "params.report"), "outside roots": (403, "params.model"),
+        "NUL in path": (403, "params.data"), "unknown ref": (400, "params.model"), "no job": (404, None),
+        "escaping artifact": (404, None), "no route": (404, None), "wrong method": (405, None),
+        "no token": (401, None),
+    }
+    for name, r in answers.items():
+        assert (r.status_code, r.json()["field"]) == expected[name], (name, r.status_code, r.text)
+        assert set(r.json()) == {"detail", "field"} and "\n" not in r.json()["detail"], (name, r.text)
+    assert "set by the engine" in answers["output param"].json()["detail"]
+    assert "unknown job kind ''" in answers["unknown kind"].json()["detail"]
+    assert answers["wrong method"].headers["allow"] == "GET, POST"
+    assert answers["no token"].headers["www-authenticate"] == "Bearer"

@@ -117,7 +117,11 @@ class Engine:
         for name in names:
             if name not in params or params[name] is None:
                 continue
-            path = Path(str(params[name])).resolve()
+            try:
+                path = Path(str(params[name])).resolve()
+            except ValueError:  # a NUL byte, or text the file system cannot encode: no readable path
+                raise OutsideDataRootsError(
+                    f"params.{name}: {params[name]!r} is not a path this engine can read") from None
             if not any(path.is_relative_to(root) for root in self.data_roots):
                 roots = ", ".join(str(r) for r in self.data_roots)
                 raise OutsideDataRootsError(f"params.{name}: {params[name]} is outside the engine's data roots ({roots})")

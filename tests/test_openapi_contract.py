@@ -102,7 +102,8 @@ def binary_body_operations(schema: dict) -> list[tuple[str, str]]:
 def test_schemathesis_with_every_check_finds_nothing(served_engine: str, tmp_path: Path) -> None:
     schema = httpx.get(f"{served_engine}/openapi.json").json()
     uploads = binary_body_operations(schema)
-    assert uploads == [("POST", "/uploads")], uploads  # JSON routes get no exception below
+    # Only upload routes take raw bytes: JSON routes get no exception below.
+    assert ("POST", "/uploads") in uploads and all(path.startswith("/uploads") for _, path in uploads), uploads
     # A schema can say "bytes" but not "a well-formed zip archive": random bytes that the schema allows are
     # refused with the documented 400 (or 413). Only for such bodies is that an accepted answer to valid data.
     config = tmp_path / "schemathesis.toml"

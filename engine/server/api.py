@@ -130,7 +130,6 @@ class Engine:
         return layout.artifacts_dir(self.data_dir, job_id)
 
 
-AUTH_ERRORS = (401,)
 # Declared as a security scheme so that /openapi.json says which routes need the token (all but /health).
 BEARER = HTTPBearer(auto_error=False, description="the engine's token (DATA_DIR/token or --token-file)")
 _TEXT = {"schema": {"type": "string"}}
@@ -183,7 +182,7 @@ def create_app(eng: Engine) -> FastAPI:
              responses=error_responses(400, 401, 403, 422))(submit)
 
     @app.get("/jobs", dependencies=[Depends(auth)], response_model=list[JobResponse],
-             responses=error_responses(*AUTH_ERRORS))
+             responses=error_responses(401))
     def list_jobs() -> list[dict]:
         return [r.to_dict() for r in eng.store.list()]
 

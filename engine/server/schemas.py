@@ -29,7 +29,8 @@ class JobResponse(BaseModel):
     kind: str = Field(description="the job kind (a newer engine's list may hold kinds this schema predates)")
     state: JobState
     params: dict[str, Any] = Field(description="validated: defaults filled, references resolved, outputs placed")
-    progress: float = Field(ge=0.0, le=1.0)
+    # Not constrained to 0..1 here: a response model refusing a worker's rounding would turn a GET into a 500.
+    progress: float = Field(description="0..1")
     message: str
     error: str | None
     result: dict[str, Any] | None

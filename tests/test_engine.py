@@ -246,9 +246,9 @@ def test_inputs_outside_the_data_roots_are_refused(tmp_path, trained_model, demo
     try:
         c = eng.client()
         r = c.post("/jobs", json={"kind": "eval", "params": {"model": str(trained_model), "data": str(demo_data)}})
-        assert r.status_code == 422 and "params.model" in r.json()["detail"] and "data roots" in r.json()["detail"]
+        assert r.status_code == 403 and r.json()["field"] == "params.model" and "data roots" in r.json()["detail"]
         r = c.post("/jobs", json={"kind": "train_anomaly", "params": {"data": str(demo_data / ".." / "..")}})
-        assert r.status_code == 422 and "params.data" in r.json()["detail"]
+        assert r.status_code == 403 and r.json()["field"] == "params.data"
         assert c.get("/jobs").json() == []
         # The engine's own results are inputs too (a unified model's next step resumes from an earlier job).
         own = layout.artifact_dir(tmp_path / "engine", "earlier", "model")

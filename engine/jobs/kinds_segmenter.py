@@ -5,7 +5,7 @@ Registered through engine.jobs.catalog; kept torch-free (the entry point is impo
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from engine.jobs.registry import JobKind, register_job_kind
 from engine.jobs.types import Device
@@ -17,7 +17,8 @@ class TrainSegmenterParams(BaseModel, extra="forbid"):
                                          description="categories (sub-folders) to train on; default: all")
     out: str = Field(description="segmenter folder the model is written to (encoder.onnx, decoder.onnx, "
                                  "segmenter.json)")
-    input_size: int = Field(default=512, ge=128, le=1024,
+    # A multiple of the encoder's coarsest stride; declared as a constraint so the engine's schema states it.
+    input_size: int = Field(default=512, ge=128, le=1024, multiple_of=32,
                             description="longest image side at the encoder input, a multiple of 32")
     epochs: int = Field(default=40, ge=1, le=10_000, description="passes over the training defects (at most)")
     time_budget_s: float | None = Field(default=900.0, gt=0, le=7 * 24 * 3600,
@@ -31,13 +32,6 @@ class TrainSegmenterParams(BaseModel, extra="forbid"):
                                    description="share of the training draws that are synthetic defects")
     device: Device = "auto"
     seed: int = Field(default=0, ge=0)
-
-    @field_validator("input_size")
-    @classmethod
-    def _multiple_of_32(cls, v: int) -> int:
-        if v % 32:
-            raise ValueError(f"must be a multiple of 32 (the encoder's coarsest stride), got {v}")
-        return v
 
 
 register_job_kind(

@@ -7,28 +7,40 @@ import hmac
 import json
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Body, Depends, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 import engine
 from engine.checksums import sha256_file
 from engine.errors import ArtifactRefError, DefectScopeError
-from engine.jobs.registry import get_job_kind, validate_params
+from engine.jobs.registry import get_job_kind, job_kinds, validate_params
 from engine.server import layout
+from engine.server.errors import (
+    ErrorBody,
+    OutsideDataRootsError,
+    api_error,
+    error_responses,
+    install_error_handlers,
+)
 from engine.server.executor import LocalExecutor, RayExecutor, is_final
+from engine.server.schemas import (
+    ArtifactEntry,
+    CancelResponse,
+    HealthResponse,
+    JobCreated,
+    JobResponse,
+    UploadResponse,
+    job_request_type,
+)
 from engine.server.store import JobStore
 from engine.server.upload_routes import upload_router
 from engine.server.upload_store import UploadStore
 from engine.server.uploads import UploadError, UploadLimits, extract_upload
 from engine.worker import read_new_events
-
-
-class JobRequest(BaseModel, extra="forbid"):
-    kind: str = Field(max_length=64)
-    params: dict[str, Any] = Field(default_factory=dict)
 
 
 class Engine:
@@ -139,66 +151,100 @@ class Engine:
         for name in names:
             if name not in params or params[name] is None:
                 continue
-            path = Path(str(params[name])).resolve()
+            try:
+                path = Path(str(params[name])).resolve()
+            except ValueError:  # a NUL byte, or text the file system cannot encode: no readable path
+                raise OutsideDataRootsError(
+                    f"params.{name}: {params[name]!r} is not a path this engine can read") from None
             if not any(path.is_relative_to(root) for root in self.data_roots):
                 roots = ", ".join(str(r) for r in self.data_roots)
-                raise DefectScopeError(f"params.{name}: {params[name]} is outside the engine's data roots ({roots})")
+                raise OutsideDataRootsError(f"params.{name}: {params[name]} is outside the engine's data roots ({roots})")
 
     def artifacts_dir(self, job_id: str) -> Path:
         return layout.artifacts_dir(self.data_dir, job_id)
 
 
-def create_app(eng: Engine) -> FastAPI:
-    app = FastAPI(title="DefectScope engine", version=engine.__version__)
+# Declared as a security scheme so that /openapi.json says which routes need the token (all but /health).
+BEARER = HTTPBearer(auto_error=False, description="the engine's token (DATA_DIR/token or --token-file)")
+_TEXT = {"schema": {"type": "string"}}
+# One server-sent event: unnamed ones carry a job event as JSON (started, progress, log...), the last is "end".
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["end"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+    "required": ["data"],
+}
 
-    def auth(authorization: str | None = Header(default=None)) -> None:
-        scheme, _, given = (authorization or "").partition(" ")
+
+def create_app(eng: Engine) -> FastAPI:
+    """The engine's routes; every status each one answers is declared with its body (see engine/server/errors.py)."""
+    app = FastAPI(title="DefectScope engine", version=engine.__version__)
+    kinds = job_kinds()
+    install_error_handlers(app, tags=tuple(kinds), outputs={name: set(k.outputs) for name, k in kinds.items()})
+
+    def auth(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+        given = credentials.credentials if credentials is not None else ""
         # Constant-time comparison: response timing must not reveal how much of a guessed token was right.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), eng.token.encode()):
-            raise HTTPException(401, "missing or wrong token", headers={"WWW-Authenticate": "Bearer"})
+        if credentials is None or not hmac.compare_digest(given.encode(), eng.token.encode()):
+            raise api_error(401, "missing or wrong token")
 
     def job_or_404(job_id: str) -> dict:
         rec = eng.store.get(job_id)
         if rec is None:
-            raise HTTPException(404, f"no job '{job_id}'")
+            raise api_error(404, f"no job '{job_id}'")
         return rec.to_dict()
 
-    @app.get("/health")
+    @app.get("/health", response_model=HealthResponse)
     def health() -> dict:
         executor = f"ray {eng.executor.address}" if isinstance(eng.executor, RayExecutor) else "local"
         return {"status": "ok", "version": engine.__version__, "executor": executor}
 
-    @app.post("/jobs", dependencies=[Depends(auth)])
-    def submit(req: JobRequest) -> dict:
+    def submit(req) -> dict:  # annotated below: the union of every kind's request, built from the registry
         try:
-            return {"id": eng.submit(req.kind, req.params)}
+            return {"id": eng.submit(req.kind, req.params.model_dump(exclude_unset=True))}
         except ArtifactRefError as exc:  # well-formed, but naming something this engine does not have
-            raise HTTPException(400, str(exc)) from None
-        except DefectScopeError as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise api_error(400, str(exc)) from None
+        except OutsideDataRootsError as exc:
+            raise api_error(403, str(exc)) from None
+        except DefectScopeError as exc:  # a rule the params model checks beyond its schema
+            raise api_error(422, str(exc)) from None
 
-    @app.get("/jobs", dependencies=[Depends(auth)])
+    submit.__annotations__["req"] = Annotated[job_request_type(kinds), Body()]
+    app.post("/jobs", dependencies=[Depends(auth)], response_model=JobCreated,
+             responses=error_responses(400, 401, 403, 422))(submit)
+
+    @app.get("/jobs", dependencies=[Depends(auth)], response_model=list[JobResponse],
+             responses=error_responses(401))
     def list_jobs() -> list[dict]:
         return [r.to_dict() for r in eng.store.list()]
 
-    @app.get("/jobs/{job_id}", dependencies=[Depends(auth)])
+    @app.get("/jobs/{job_id}", dependencies=[Depends(auth)], response_model=JobResponse,
+             responses=error_responses(401, 404))
     def get_job(job_id: str) -> dict:
         return job_or_404(job_id)
 
-    @app.post("/jobs/{job_id}/cancel", dependencies=[Depends(auth)])
+    @app.post("/jobs/{job_id}/cancel", dependencies=[Depends(auth)], response_model=CancelResponse,
+              responses=error_responses(401, 404, 409))
     def cancel(job_id: str) -> dict:
         job = job_or_404(job_id)
         if is_final(job["state"]):
-            raise HTTPException(409, f"job '{job_id}' already {job['state']}")
+            raise api_error(409, f"job '{job_id}' already {job['state']}")
         return {"id": job_id, "cancelling": eng.executor.cancel(job_id)}
 
-    @app.get("/jobs/{job_id}/logs", dependencies=[Depends(auth)], response_class=PlainTextResponse)
+    @app.get("/jobs/{job_id}/logs", dependencies=[Depends(auth)], response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": _TEXT}, "description": "the worker's output so far"},
+                        **error_responses(401, 404)})
     def logs(job_id: str) -> str:
         job_or_404(job_id)
         path = eng.executor.folder(job_id).log
         return path.read_text(errors="replace") if path.exists() else ""
 
-    @app.get("/jobs/{job_id}/events", dependencies=[Depends(auth)])
+    @app.get("/jobs/{job_id}/events", dependencies=[Depends(auth)], response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
+                              "description": "server-sent events until the job ends (then `event: end`)"},
+                        **error_responses(401, 404)})
     async def events(job_id: str) -> StreamingResponse:
         job_or_404(job_id)
         path = eng.executor.folder(job_id).events
@@ -222,7 +268,10 @@ def create_app(eng: Engine) -> FastAPI:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
-    @app.post("/uploads", dependencies=[Depends(auth)])
+    @app.post("/uploads", dependencies=[Depends(auth)], response_model=UploadResponse,
+              responses=error_responses(400, 401, 413),
+              openapi_extra={"requestBody": {"required": True, "description": "a zip archive", "content": {
+                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     async def upload(request: Request) -> dict:
         """A zip archive as the request body -> a folder on the engine to pass as a job's `data`."""
         eng.uploads_dir.mkdir(parents=True, exist_ok=True)
@@ -233,16 +282,17 @@ def create_app(eng: Engine) -> FastAPI:
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > eng.upload_limits.max_archive_bytes:
-                        raise HTTPException(413, f"upload larger than {eng.upload_limits.max_archive_bytes} bytes")
+                        raise api_error(413, f"upload larger than {eng.upload_limits.max_archive_bytes} bytes")
                     fh.write(chunk)
             upload_id, folder = await asyncio.to_thread(extract_upload, tmp, eng.uploads_dir, eng.upload_limits)
         except UploadError as exc:
-            raise HTTPException(400, str(exc)) from None
+            raise api_error(400, str(exc)) from None
         finally:
             tmp.unlink(missing_ok=True)
         return {"id": upload_id, "path": str(folder)}
 
-    @app.get("/jobs/{job_id}/artifacts", dependencies=[Depends(auth)])
+    @app.get("/jobs/{job_id}/artifacts", dependencies=[Depends(auth)], response_model=list[ArtifactEntry],
+             responses=error_responses(401, 404))
     def artifacts(job_id: str) -> list[dict]:
         job_or_404(job_id)
         root = eng.artifacts_dir(job_id)
@@ -250,18 +300,44 @@ def create_app(eng: Engine) -> FastAPI:
         return [{"name": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
                 for p in files]
 
-    @app.get("/jobs/{job_id}/artifacts/{name:path}", dependencies=[Depends(auth)])
+    @app.get("/jobs/{job_id}/artifacts/{name:path}", dependencies=[Depends(auth)], response_class=FileResponse,
+             responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                   "format": "binary"}}},
+                              "description": "the file's bytes",
+                              "headers": {"X-Checksum-SHA256": {"schema": {"type": "string"},
+                                                                "description": "SHA-256 of the file, hex"}}},
+                        **error_responses(401, 404)})
     def artifact(job_id: str, name: str) -> FileResponse:
         job_or_404(job_id)
         root = eng.artifacts_dir(job_id).resolve()
         try:
             path = layout.artifact_dir(eng.data_dir, job_id, name).resolve()
-        except ValueError:
-            raise HTTPException(400, f"artifact name '{name}' must stay inside the job's artifacts") from None
+        except ValueError:  # "..", absolute, backslashes: no artifact can have that name
+            raise api_error(404, f"no artifact '{name}' (artifact names stay inside the job's artifacts)") from None
         if not path.is_relative_to(root) or not path.is_file():  # symbolic links leaving the folder, too
-            raise HTTPException(404, f"no artifact '{name}'")
-        return FileResponse(path, headers={"X-Checksum-SHA256": sha256_file(path)})
+            raise api_error(404, f"no artifact '{name}'")
+        # One media type for every artifact: what the schema promises, whatever the file's extension.
+        return FileResponse(path, media_type="application/octet-stream",
+                            headers={"X-Checksum-SHA256": sha256_file(path)})
 
     app.include_router(upload_router(eng, auth))
+    app.openapi = lambda: exact_openapi(app)  # type: ignore[method-assign]
     return app
 
+
+def exact_openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema without the 422s it adds to every route with parameters: only POST /jobs validates a body
+    that can fail, and its 422 is declared with the engine's error body."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                answer = operation.get("responses", {}).get("422", {})
+                if "HTTPValidationError" in json.dumps(answer):
+                    del operation["responses"]["422"]
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        components["ErrorBody"] = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+        app.openapi_schema = schema
+    return app.openapi_schema

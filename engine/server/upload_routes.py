@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
-from engine.server.errors import ErrorBody, api_error
+from engine.server.errors import api_error, error_responses
 from engine.server.upload_store import UploadRefused
 
 if TYPE_CHECKING:
@@ -40,10 +40,6 @@ class SessionRequest(BaseModel, extra="forbid"):
     files: list[ManifestEntry]
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {s: {"model": ErrorBody} for s in (401, *statuses)}
-
-
 def _refused(exc: UploadRefused) -> Exception:
     return api_error(exc.status, str(exc), exc.field)
 
@@ -52,7 +48,7 @@ def upload_router(eng: Engine, auth: Callable[..., None]) -> APIRouter:
     router = APIRouter(prefix="/uploads", dependencies=[Depends(auth)], tags=["uploads"])
     store = eng.upload_store
 
-    @router.post("/sessions", responses=_errors(400, 413))
+    @router.post("/sessions", responses=error_responses(401, 400, 413))
     def open_session(req: SessionRequest) -> dict:
         """Announce the files of an upload; the answer lists the contents (by SHA-256) the engine lacks."""
         try:
@@ -60,14 +56,14 @@ def upload_router(eng: Engine, auth: Callable[..., None]) -> APIRouter:
         except UploadRefused as exc:
             raise _refused(exc) from None
 
-    @router.get("/blobs/{sha256}", responses=_errors(400, 404))
+    @router.get("/blobs/{sha256}", responses=error_responses(401, 400, 404))
     def blob_state(sha256: str) -> dict:
         try:
             return store.blob_state(sha256)
         except UploadRefused as exc:
             raise _refused(exc) from None
 
-    @router.head("/blobs/{sha256}", responses=_errors(400, 404))
+    @router.head("/blobs/{sha256}", responses=error_responses(401, 400, 404))
     def blob_head(sha256: str) -> Response:
         try:
             state = store.blob_state(sha256)
@@ -75,7 +71,7 @@ def upload_router(eng: Engine, auth: Callable[..., None]) -> APIRouter:
             raise _refused(exc) from None
         return Response(headers={"Upload-Offset": str(state["received"]), "Upload-Length": str(state["size"])})
 
-    @router.put("/blobs/{sha256}", responses=_errors(400, 404, 409, 411, 413))
+    @router.put("/blobs/{sha256}", responses=error_responses(401, 400, 404, 409, 411, 413))
     async def put_chunk(sha256: str, request: Request) -> dict:
         """One chunk of a blob; the blob is verified against its SHA-256 when its last byte arrives."""
         m = _RANGE.fullmatch(request.headers.get("content-range", ""))
@@ -94,7 +90,7 @@ def upload_router(eng: Engine, auth: Callable[..., None]) -> APIRouter:
         except UploadRefused as exc:
             raise _refused(exc) from None
 
-    @router.post("/sessions/{session}/commit", responses=_errors(404, 409))
+    @router.post("/sessions/{session}/commit", responses=error_responses(401, 404, 409))
     def commit(session: str) -> dict:
         """Build the uploaded folder from its blobs, all at once; its ref names it in a job's parameters."""
         try:
@@ -103,12 +99,12 @@ def upload_router(eng: Engine, auth: Callable[..., None]) -> APIRouter:
             raise _refused(exc) from None
         return {**entry.to_dict(), "path": str(store.resolve(entry.id))}
 
-    @router.get("", responses=_errors())
+    @router.get("", responses=error_responses(401))
     def listing() -> dict:
         """The upload cache: its limit and use in bytes, the eviction rule, and each upload by last use."""
         return store.listing()
 
-    @router.delete("/{upload_id}", responses=_errors(404, 409))
+    @router.delete("/{upload_id}", responses=error_responses(401, 404, 409))
     def delete(upload_id: str) -> dict:
         try:
             store.delete(upload_id)

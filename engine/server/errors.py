@@ -151,11 +151,14 @@ def install_error_handlers(
 
 
 def allowed_methods(app: FastAPI, request: Request) -> list[str]:
-    """Every method some route serves at this request's path."""
+    """Every method some route serves at this request's path.
+
+    Asked of each route by matching the request with each method (a FULL match: path and method), so routes of
+    included routers count too (FastAPI keeps those behind one lazily built entry without `methods`).
+    """
     methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        route_methods = getattr(route, "methods", None)
-        if match != Match.NONE and route_methods:
-            methods |= set(route_methods)
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in app.router.routes):
+            methods.add(method)
     return sorted(methods)

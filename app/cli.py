@@ -234,7 +234,7 @@ def _upload(client: EngineClient, path: Path) -> str:
     result = client.upload(path, progress=_upload_printer())
     print(f"uploaded {path}: {result.files} files, {result.bytes / 1e6:.1f} MB, sent {result.blobs_sent} new or "
           f"changed ({result.bytes_sent / 1e6:.1f} MB) in {result.seconds:.1f} s -> {result.ref}", file=sys.stderr)
-    return f"{result.ref}/{path.name}" if path.is_file() else result.ref
+    return result.ref
 
 
 def _upload_path_params(client: EngineClient, kind_name: str, params: dict) -> dict:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from engine.errors import DefectScopeError, UploadCancelled
-from engine.server.layout import artifact_ref
+from engine.server.layout import artifact_ref, upload_ref
 from engine.server.store import FINAL_STATES
 from engine.upload_manifest import build_manifest
 
@@ -79,7 +79,7 @@ class JobView:
 class UploadResult:
     """What an upload did: the ref to pass as a path parameter, and how much really travelled."""
 
-    ref: str  # "upload:<id>"
+    ref: str  # "upload:<id>/<folder or file name>"
     id: str
     files: int
     bytes: int  # the folder's size
@@ -174,7 +174,7 @@ class EngineClient:
         self, folder: Path, *, progress: Callable[[int, int], None] | None = None,
         cancel: threading.Event | None = None, chunk_size: int = UPLOAD_CHUNK_BYTES,
     ) -> str:
-        """Upload a folder (or one file) to the engine; returns the "upload:<id>" ref to pass as `data`/`model`.
+        """Upload a folder (or one file) to the engine; returns its ref, "upload:<id>/<name>" (the folder keeps its name), to pass as `data`/`model`.
 
         Only contents the engine lacks are sent (SHA-256 per file), in chunks; progress(bytes_done, bytes_total)
         after each; `cancel` set -> UploadCancelled at the next chunk boundary. An interrupted upload (cancel,
@@ -216,7 +216,9 @@ class EngineClient:
                     if progress:
                         progress(done, total)
         committed = self._request("POST", f"/uploads/sessions/{session['session']}/commit").json()
-        return UploadResult(committed["ref"], committed["id"], len(manifest.files), manifest.total_bytes,
+        # The ref names the folder (or file) inside the upload, under its own name (see build_manifest).
+        ref = upload_ref(committed["id"], manifest.root.name)
+        return UploadResult(ref, committed["id"], len(manifest.files), manifest.total_bytes,
                             len(session["missing"]), sent, manifest.hashed_files, time.monotonic() - t0)
 
     def _put_chunk(self, sha: str, offset: int, data: bytes, size: int) -> dict:

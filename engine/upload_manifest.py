@@ -100,7 +100,8 @@ class HashCache:
 
 
 def build_manifest(folder: str | Path, cache: HashCache | None = None) -> Manifest:
-    """Every regular file under `folder` (or the one file `folder` names), sorted by path.
+    """Every regular file under `folder` (or the one file `folder` names), sorted by path; paths start with the
+    folder's (or file's) own name, which the upload's ref then names (`upload:<id>/<name>`).
 
     Symbolic links to files are sent as the file they point to (the content is the user's data); links to
     folders are not followed (no cycles, nothing outside the folder sent by accident).
@@ -118,7 +119,9 @@ def build_manifest(folder: str | Path, cache: HashCache | None = None) -> Manife
             dirnames.sort()
             for name in filenames:
                 local = Path(dirpath) / name
-                candidates.append((local, local.relative_to(root).as_posix()))
+                # Under the folder's own name: a dataset root named for its category ("washer") keeps that name
+                # on the engine, where readers and models take the category from it.
+                candidates.append((local, f"{root.name}/{local.relative_to(root).as_posix()}"))
     for local, rel in sorted(candidates, key=lambda c: c[1]):
         try:
             st = local.stat()

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import QApplication
 
 from app.gui.engine_link import EngineSettings
 from app.gui.uploads import Upload, local_folders
-from engine.client import EngineClient, JobView
+from engine.client import JobView
 from engine.errors import DefectScopeError
 from tests import test_gui_job_outcomes as outcomes
 from tests.conftest import DEMO_CATEGORY
@@ -36,9 +36,6 @@ TOKEN = outcomes.TOKEN
 # The fixtures of the job-outcome tests: a real main window, and a second engine that reads only its own folder.
 home, window, remote_engine = outcomes.home, outcomes.window, outcomes.remote_engine
 
-needs_uploads = pytest.mark.skipif(
-    not hasattr(EngineClient, "upload_folder"),
-    reason="EngineClient.upload_folder (issue 14, package U1) is not in this checkout: nothing can be uploaded")
 
 
 def _connect(qtbot, window, url: str) -> None:
@@ -85,7 +82,6 @@ def test_which_parameters_travel(tmp_path):
         local_folders("import_sam", {"checkpoint": str(checkpoint)}, refs.get)
 
 
-@needs_uploads
 def test_cancel_an_upload_submits_nothing_and_says_why(qtbot, window, remote_engine, tmp_path):
     url, _data_root = remote_engine
     big = tmp_path / "big-set"
@@ -108,7 +104,6 @@ def test_cancel_an_upload_submits_nothing_and_says_why(qtbot, window, remote_eng
     assert window.link.jobs == []
 
 
-@needs_uploads
 def test_a_model_folder_only_here_is_uploaded_not_refused(qtbot, window, demo_data, tmp_path,
                                                           remote_engine):
     url, data_root = remote_engine
@@ -132,7 +127,6 @@ def test_a_model_folder_only_here_is_uploaded_not_refused(qtbot, window, demo_da
 
 
 @pytest.mark.slow
-@needs_uploads
 def test_train_score_and_see_the_heatmaps_on_a_remote_engine(qtbot, window, demo_data, remote_engine):
     url, data_root = remote_engine
     root = demo_data / DEMO_CATEGORY  # a folder of this computer, outside the engine's data root
@@ -178,7 +172,6 @@ def test_train_score_and_see_the_heatmaps_on_a_remote_engine(qtbot, window, demo
 
 
 @pytest.mark.slow
-@needs_uploads
 def test_train_the_segmenter_on_masks_drawn_here_on_a_remote_engine(qtbot, window, demo_data,
                                                                     remote_engine):
     from engine.datasets.types import GOOD
@@ -210,7 +203,6 @@ def test_train_the_segmenter_on_masks_drawn_here_on_a_remote_engine(qtbot, windo
 
 
 @pytest.mark.slow
-@needs_uploads
 def test_add_a_product_to_a_unified_model_on_a_remote_engine(qtbot, window, tmp_path, remote_engine):
     pytest.importorskip("torch", reason="the engine trains the unified model with torch")
     from engine.datasets.demo import generate_demo_dataset

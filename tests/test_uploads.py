@@ -85,9 +85,10 @@ def test_cli_trains_on_a_local_folder_through_auto_upload(remote, tmp_path):
     job_id = proc.stdout.split()[0]
     assert f"{job_id} succeeded" in proc.stdout and "[upload] 100%" in proc.stderr, proc.stderr
     job = EngineClient(remote.url, TOKEN).job(job_id)
-    upload_id, _ = layout.parse_upload_ref(job.refs["data"])
-    assert job.params["data"] == str(layout.upload_dir(remote.data_dir, upload_id))
-    assert _tree_hashes(layout.upload_dir(remote.data_dir, upload_id)) == _tree_hashes(data)
+    upload_id, inside = layout.parse_upload_ref(job.refs["data"])
+    assert inside == "my_parts"  # the folder keeps its name on the engine (a category folder is named by it)
+    assert job.params["data"] == str(layout.upload_dir(remote.data_dir, upload_id) / "my_parts")
+    assert _tree_hashes(layout.upload_dir(remote.data_dir, upload_id) / "my_parts") == _tree_hashes(data)
     # `jobs upload` for scripts: the same folder again is the same upload, nothing sent.
     up = _cli(*common, "upload", str(data))
     assert up.returncode == 0 and up.stdout.strip() == job.refs["data"], up.stderr
@@ -115,7 +116,7 @@ def test_a_second_upload_sends_only_the_changed_files_and_hashes_only_those(remo
         assert {first.id, second.id} <= set(ids) and ids.index(second.id) > ids.index(first.id)
         assert listing["limit_bytes"] == 50 << 30 and "least recently used" in listing["eviction"]
         # A path inside an upload is named "upload:<id>/<path>"; one that is not there is refused naming the field.
-        with pytest.raises(DefectScopeError, match=r"params\.model: upload:\w+/nope: upload '\w+' has no file"):
+        with pytest.raises(DefectScopeError, match=r"params\.model: upload:\w+/ds/nope: upload '\w+' has no file 'ds/nope'"):
             client.submit("score_dataset", {"model": f"{first.ref}/nope", "data": first.ref})
         # Both folders share the unchanged files: on disk they count once.
         assert listing["used_bytes"] - used_before == first.bytes + second.bytes_sent
@@ -193,7 +194,7 @@ def test_drill_client_killed_mid_upload_then_resumed_runs_the_job_on_complete_da
         result = client.upload(data, chunk_size=1 << 17)
         sent_before_kill = int(lines[-1].split()[0])
         assert sent_before_kill > 0 and result.bytes_sent <= result.bytes - sent_before_kill + (1 << 17)
-        folder = layout.upload_dir(remote.data_dir, result.id)
+        folder = layout.upload_dir(remote.data_dir, result.id) / data.name  # under its own name
         assert _tree_hashes(folder) == _tree_hashes(data)
         job = client.wait(client.submit("train_anomaly", {"data": result.ref, **TRAIN}), timeout=600, poll=0.3)
         assert job.succeeded, job
@@ -227,7 +228,7 @@ def test_drill_engine_killed_mid_upload_and_restarted_leaves_no_corrupt_entry(tm
             assert client.uploads() == []
             result = client.upload(data, chunk_size=1 << 18)
             assert result.bytes_sent < result.bytes  # resumed: what arrived before the kill is not sent again
-            assert _tree_hashes(layout.upload_dir(eng.data_dir, result.id)) == _tree_hashes(data)
+            assert _tree_hashes(layout.upload_dir(eng.data_dir, result.id) / data.name) == _tree_hashes(data)
             assert [u["id"] for u in client.uploads()] == [result.id]
     finally:
         eng.stop()
@@ -292,7 +293,7 @@ def test_a_manifest_names_relative_posix_paths_and_skips_folder_links(tmp_path):
     (root / "b.txt").write_bytes(b"")
     (root / "loop").symlink_to(root, target_is_directory=True)
     m = build_manifest(root)
-    assert [f.path for f in m.files] == ["b.txt", "sub/a.png"] and m.total_bytes == 1
+    assert [f.path for f in m.files] == ["ds/b.txt", "ds/sub/a.png"] and m.total_bytes == 1  # under its name
     assert build_manifest(root / "sub" / "a.png").files[0].path == "a.png"
     with pytest.raises(DefectScopeError, match="no such file or folder"):
         build_manifest(tmp_path / "missing")

@@ -2,10 +2,10 @@
 
 A remote engine cannot read this computer's disk, so every path parameter (JobKind.path_params) whose value is a
 local folder is uploaded first (EngineClient.upload_folder: content-addressed, chunked, resumable) and the job
-names it by the returned "upload:<id>/<folder name>" reference: the folder travels inside an envelope so that
-its name survives (an MVTec category folder opened on its own is named by its folder: "washer" must still be
-"washer" on the engine, or a job for category washer finds none). Folders the engine made itself (a downloaded model) are named
-by their job's artifact reference instead and never sent back. No Qt here: EngineLink drives it, the Jobs panel
+names it by the returned "upload:<id>/<folder name>" reference: the folder keeps its name on the engine (an MVTec
+category folder opened on its own is named by its folder: "washer" must still be "washer" there, or a job for
+category washer finds none). Folders the engine made itself (a downloaded model) are named by their job's
+artifact reference instead and never sent back. No Qt here: EngineLink drives it, the Jobs panel
 shows the `Upload` records.
 """
 
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +21,6 @@ from typing import Any
 
 from engine.client import EngineClient
 from engine.errors import DefectScopeError
-from engine.home import default_data_home
 from engine.jobs.registry import job_kinds
 
 UPLOADING, SENT, FAILED, CANCELLED = "uploading", "sent", "failed", "cancelled"
@@ -111,44 +108,14 @@ def count_files(folder: Path) -> int:
 def send_folder(client: EngineClient, upload: Upload, progress: Callable[[int, int], None]) -> str:
     """Runs on a pool thread: the folder to the engine; its "upload:<id>/<name>" reference. Raises when
     cancelled (nothing half-sent is visible on the engine: an upload is committed whole or not at all)."""
-    send = getattr(client, "upload_folder", None)
-    if send is None:
-        raise DefectScopeError("this DefectScope cannot send data to a remote engine yet (no EngineClient."
-                               "upload_folder); use the local engine or paths on the engine")
     if upload.cancel.is_set():
         raise _cancelled(upload)
-    parent = default_data_home() / "upload_envelopes"
-    parent.mkdir(parents=True, exist_ok=True)
-    envelope = Path(tempfile.mkdtemp(prefix=".envelope-", dir=parent))
     try:
-        _mirror(upload.folder, envelope / upload.folder.name)
-        ref = send(envelope, progress=progress, cancel=upload.cancel)
+        return client.upload_folder(upload.folder, progress=progress, cancel=upload.cancel)  # "upload:<id>/<folder name>"
     except DefectScopeError:
         if upload.cancel.is_set():
             raise _cancelled(upload) from None
         raise
-    finally:
-        shutil.rmtree(envelope, ignore_errors=True)
-    return f"{ref}/{upload.folder.name}"
-
-
-def _mirror(source: Path, dest: Path) -> None:
-    """`source`'s tree at `dest`, each file a link to the original (the upload sends what links point to, and
-    its hash cache knows the originals): no image is copied. Where links cannot be made (another drive, no
-    symlink right on Windows), the file is copied."""
-    for dirpath, dirnames, filenames in os.walk(source):
-        dirnames.sort()
-        here = dest / Path(dirpath).relative_to(source)
-        here.mkdir(parents=True, exist_ok=True)
-        for name in filenames:
-            original = Path(dirpath) / name
-            try:
-                (here / name).symlink_to(original.resolve())
-            except OSError:
-                try:
-                    os.link(original.resolve(), here / name)
-                except OSError:
-                    shutil.copy2(original, here / name)
 
 
 def _cancelled(upload: Upload) -> DefectScopeError:

@@ -292,6 +292,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                 job = client.wait(job_id)
                 print(f"{job_id} {job.state}" + (f": {job.error}" if job.error else ""))
                 return 0 if job.succeeded else 1
+        elif action == "uploads":  # the engine's upload cache: what it keeps, how full, what goes first
+            cache = client.upload_cache()
+            print(f"upload cache {cache['used_bytes'] / 1e6:.1f} MB of {cache['limit_bytes'] / 1e6:.0f} MB; "
+                  f"eviction: {cache['eviction']}")
+            for u in cache["uploads"]:
+                used = time.strftime("%Y-%m-%d %H:%M", time.localtime(u["last_used"]))
+                print(f"{u['ref']}  {u['files']:6d} files {u['bytes'] / 1e6:9.1f} MB  last used {used}"
+                      + ("  (in use by a job)" if u.get("in_use") else ""))
         elif action == "list":
             for job in client.jobs():
                 print(f"{job.id}  {job.kind:14s} {job.state:10s} {job.progress * 100:5.1f}%  {job.message}")
@@ -410,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --engine: send path parameters as they are (the engine reads them itself)")
     ju = jobs_sub.add_parser("upload", help="upload a folder (only files the engine lacks); prints its ref")
     ju.add_argument("folder")
+    jobs_sub.add_parser("uploads", help="the engine's upload cache: size, limit, eviction rule, each upload")
     jobs_sub.add_parser("list", help="list jobs")
     for name, text in (("show", "a job's state as JSON"), ("logs", "a job's log"), ("cancel", "cancel a job")):
         jobs_sub.add_parser(name, help=text).add_argument("id")

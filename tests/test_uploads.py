@@ -93,6 +93,10 @@ def test_cli_trains_on_a_local_folder_through_auto_upload(remote, tmp_path):
     up = _cli(*common, "upload", str(data))
     assert up.returncode == 0 and up.stdout.strip() == job.refs["data"], up.stderr
     assert "sent 0 new or changed" in up.stderr
+    # The cache a user can see: its size against the limit, the eviction rule, this upload.
+    listing = _cli(*common, "uploads")
+    assert listing.returncode == 0 and "eviction: " in listing.stdout, listing.stderr
+    assert job.refs["data"].split("/")[0] in listing.stdout and " MB of " in listing.stdout
 
 
 def test_a_second_upload_sends_only_the_changed_files_and_hashes_only_those(remote, tmp_path):

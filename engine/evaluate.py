@@ -1,9 +1,14 @@
-"""Evaluate an exported model on a dataset's test split through ONNX Runtime (the inspection path), through the
-one scoring loop (engine.scoring)."""
+"""Evaluate an exported model on a dataset's test split through ONNX Runtime (the inspection path).
+
+Which evaluation runs is chosen by the model's task (`EVALUATORS`): scoring models (anomaly) through the one scoring
+loop (engine.scoring) with anomaly metrics, detectors with COCO metrics on the detection split
+(engine.detection_eval).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -16,7 +21,7 @@ from engine.errors import DatasetError, DefectScopeError
 from engine.jobs.kinds import EvalParams
 from engine.jobs.registry import Progress
 from engine.metrics import evaluate_anomaly
-from engine.runtime.model_format import open_model
+from engine.runtime.model_format import ModelInfo, open_model, read_model_info
 from engine.scoring import Scored, is_ng, score_samples
 
 
@@ -30,10 +35,25 @@ def evaluate(
 ) -> dict:
     """Metrics of the model on the labelled test images; writes the JSON report when `report_path` is given.
 
-    Any scoring model (engine.runtime.model_format): an RGB + 3D model scores each part from its image and point
-    cloud, as in the workbench.
+    The evaluation of the model's task (EVALUATORS); any other scoring model is evaluated as an image scorer.
     """
-    model = open_model(model_dir, device)
+    info = read_model_info(model_dir)
+    run = EVALUATORS.get(info.task, _evaluate_scores)
+    return run(info, data_root, category, report_path, device, progress)
+
+
+def _evaluate_scores(
+    info: ModelInfo,
+    data_root: str | Path,
+    category: str | None,
+    report_path: str | Path | None,
+    device: str,
+    progress: Progress | None,
+) -> dict:
+    """Anomaly metrics of a scoring model: an RGB + 3D model scores each part from its image and point cloud, as in
+    the workbench."""
+    model_dir = info.folder
+    model = open_model(info, device)
     dataset = load_dataset(data_root, category=category)
     # The same automatic split as training, for datasets without one (never tests on trained-on images).
     tests = [s for s in resolve_splits(dataset.samples) if s.split == "test" and s.label in (GOOD, DEFECTIVE)]
@@ -137,6 +157,24 @@ def _per_defect(per_image: list[dict]) -> dict:
     for d in out.values():
         d["recall"] = d["detected"] / d["n"]
     return out
+
+
+def _evaluate_detector(
+    info: ModelInfo,
+    data_root: str | Path,
+    category: str | None,
+    report_path: str | Path | None,
+    device: str,
+    progress: Progress | None,
+) -> dict:
+    from engine.detection_eval import evaluate_detector
+
+    return evaluate_detector(info, data_root, category, report_path, device, progress)
+
+
+Evaluator = Callable[[ModelInfo, str | Path, str | None, str | Path | None, str, Progress | None], dict]
+# model task -> its evaluation; tasks not listed are evaluated as image scorers (open_model refuses non-scorers)
+EVALUATORS: dict[str, Evaluator] = {"detector": _evaluate_detector}
 
 
 def eval_job(params: EvalParams, progress: Progress) -> dict:

@@ -1,8 +1,10 @@
-"""Batch inference for the CLI: heatmap overlays plus a predictions folder (engine.predictions, the schema the
-GUI reads) for images and folders, with any scoring model (engine.runtime.model_format)."""
+"""Batch inference for the CLI, chosen by the model's task (`INFERRERS`): for scoring models heatmap overlays plus a
+predictions folder (engine.predictions, the schema the GUI reads), for detectors boxes as JSON and drawn pictures
+(engine.detection_infer)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -12,7 +14,7 @@ from engine.datasets.imageio import is_image_file
 from engine.datasets.types import Sample
 from engine.errors import DefectScopeError
 from engine.predictions import PredictionItem, PredictionsWriter
-from engine.runtime.model_format import open_model
+from engine.runtime.model_format import ModelInfo, open_model, read_model_info
 from engine.runtime.visualize import overlay_heatmap
 from engine.scoring import NG, Scored, score_samples
 
@@ -43,15 +45,22 @@ def infer(model_dir: str | Path, inputs: list[str | Path], out_dir: str | Path, 
 
     Returns a summary: provider, threshold, notes, `results` (path, score, verdict, heatmap per scored image) and
     `errors` (path, error per unreadable one). Items are keyed by their output name; they have no split.
+    A detector writes its own outputs instead (INFERRERS).
     """
-    model = open_model(model_dir, device)
+    info = read_model_info(model_dir)
+    return INFERRERS.get(info.task, _infer_scores)(info, inputs, out_dir, device)
+
+
+def _infer_scores(info: ModelInfo, inputs: list[str | Path], out_dir: str | Path, device: str) -> dict:
+    model_dir = info.folder
+    model = open_model(info, device)
     out = Path(out_dir)
     used: set[str] = set()
     names: dict[int, str] = {}  # by sample identity: the same file given twice gets two names
     samples = []
     for path, stem in collect_images(inputs):
         samples.append(Sample(image_path=path))
-        names[id(samples[-1])] = _unique(stem, used)
+        names[id(samples[-1])] = unique_name(stem, used)
     writer = PredictionsWriter(out)
     results, errors = [], []
     for r in score_samples(model, samples, key=lambda s: names[id(s)]):
@@ -81,10 +90,23 @@ def _at_image_size(amap: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return cv2.resize(amap.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def _unique(stem: str, used: set[str]) -> str:
+def unique_name(stem: str, used: set[str]) -> str:
+    """`stem`, or `stem_2`, `stem_3`... when an earlier image took it."""
     name, k = stem, 1
     while name in used:
         k += 1
         name = f"{stem}_{k}"
     used.add(name)
     return name
+
+
+def _infer_detections(info: ModelInfo, inputs: list[str | Path], out_dir: str | Path, device: str) -> dict:
+    from engine.detection_infer import infer_detector
+
+    return infer_detector(info, inputs, out_dir, device)
+
+
+# model task -> its inference; tasks not listed are run as image scorers (open_model refuses non-scorers)
+INFERRERS: dict[str, Callable[[ModelInfo, list[str | Path], str | Path, str], dict]] = {
+    "detector": _infer_detections,
+}

@@ -79,12 +79,14 @@ def load_detection_set(
 
     found = sorted({b.class_name for _, boxes in records for b in boxes})
     chosen = _chosen_classes(dataset.root, classes, found)
+    # The split is drawn over every class, before a subset is chosen: an image is in the same part whatever
+    # classes a protocol trains on.
+    splits = _splits(dataset.root, records, own=not from_masks, issues=issues)
     records = _keep_classes(dataset.root, records, chosen, issues)
     if not any(boxes for _, boxes in records):
         detail = f" ({len(issues)} problems, first: {issues[0]})" if issues else ""
         raise DatasetError(f"{dataset.root}: no boxes to detect in this {dataset.format} dataset{detail}")
 
-    splits = _splits(dataset.root, records, own=not from_masks, issues=issues)
     index = {name: i for i, name in enumerate(chosen)}
     samples = []
     for sample, boxes in records:

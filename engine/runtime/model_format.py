@@ -10,6 +10,8 @@ Formats, in the order they are tried:
   memory_bank   model.onnx + model.json otherwise (PatchCore-style; older folders carry no "kind")
   multimodal    multimodal.json + its ONNX parts and banks (RGB + 3D)
   segmenter     segmenter.json + encoder.onnx + decoder.onnx (promptable segmenter; not a scorer)
+  detector      detector.json + detector.onnx (box detector; engine.runtime.detector_format)
+  external_detector  external_detector.json + the ONNX file it names (a detector exported elsewhere)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 from engine.datasets.types import Sample
 from engine.errors import ModelError
-from engine.runtime import segmenter_format
+from engine.runtime import detector_format, segmenter_format
 
 # The model folders' file names, defined here once (the runtimes and trainers import them from here).
 MODEL_FILE = "model.onnx"
@@ -37,6 +39,7 @@ TASKS = ("anomaly", "segmenter", "detector", "generator")
 SCORE_UNITS = {  # what a score means, shown beside it
     "normalised": "0 = a typical good part, 0.5 = the decision threshold",
     "good_std": "standard deviations above held-out good parts (0 = their mean)",
+    "confidence": "confidence 0..1 of the most confident box found",
     "none": "this model does not score images",
 }
 
@@ -123,6 +126,7 @@ class ModelFormat:
     default_threshold: float | None
     opener: Opener | None  # None: the model does not score images (e.g. a segmenter)
     matches: Callable[[dict], bool] = lambda _meta: True  # told apart by metadata content (same metadata file)
+    threshold_key: str = "threshold"  # the metadata key holding the verdict threshold
 
 
 _FORMATS: dict[str, ModelFormat] = {}
@@ -173,9 +177,9 @@ def read_model_info(folder: str | Path) -> ModelInfo:
         threshold = None
         if fmt.opener is not None:
             try:
-                threshold = float(meta.get("threshold", fmt.default_threshold))
+                threshold = float(meta.get(fmt.threshold_key, fmt.default_threshold))
             except (TypeError, ValueError):
-                raise ModelError(f"{meta_path}: threshold must be a number") from None
+                raise ModelError(f"{meta_path}: {fmt.threshold_key} must be a number") from None
         return ModelInfo(root, fmt.task, fmt.kind, threshold, fmt.score_units, meta)
     names = sorted({f.metadata_file for f in _FORMATS.values()})
     raise ModelError(f"{root}: not a DefectScope model folder (none of {', '.join(names)})")
@@ -225,3 +229,18 @@ register_model_format(ModelFormat("multimodal", "anomaly", MULTIMODAL_METADATA_F
                                   3.0, _open_multimodal))
 register_model_format(ModelFormat("segmenter", "segmenter", SEGMENTER_METADATA_FILE,
                                   (segmenter_format.ENCODER_FILE, segmenter_format.DECODER_FILE), "none", None, None))
+
+
+def _open_detector(info: ModelInfo, device: str) -> Scorer:
+    from engine.runtime.detector import DetectorScorer
+
+    return DetectorScorer(info, device)
+
+
+# A detector "scores" an image by its most confident box (engine.runtime.detector.DetectorScorer), so the scoring
+# loops and the Models panel take it as they are; its verdict threshold is the display threshold "score_threshold".
+register_model_format(ModelFormat("detector", "detector", detector_format.METADATA_FILE, (detector_format.MODEL_FILE,),
+                                  "confidence", 0.5, _open_detector, threshold_key="score_threshold"))
+# The ONNX file's name is the description's "model" field, so the runtime checks it when it opens the folder.
+register_model_format(ModelFormat("external_detector", "detector", detector_format.EXTERNAL_DESCRIPTION_FILE, (),
+                                  "confidence", 0.5, _open_detector, threshold_key="score_threshold"))

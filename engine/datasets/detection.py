@@ -111,8 +111,8 @@ def _valid_boxes(sample: Sample, boxes: Iterable[Box], issues: list[LoadIssue]) 
         else:
             issues.append(LoadIssue(
                 sample.image_path,
-                f"box {i} (class '{b.class_name}', x0={b.x0:g} y0={b.y0:g} x1={b.x1:g} y1={b.y1:g}) has zero area "
-                "after clipping to the image (outside it or degenerate); left out",
+                f"box {i} (class '{b.class_name}', x0={b.x0:g} y0={b.y0:g} x1={b.x1:g} y1={b.y1:g}) has zero or "
+                "negative area after clipping to the image (outside it or degenerate); left out",
             ))
     return kept
 

@@ -153,13 +153,14 @@ def write_blob_detector(folder: Path, input_size: int = 256, class_names: list[s
              _const("p_s", np.array([float(s)], np.float32)), _const("p_half", np.array([0.5], np.float32)),
              _const("p_s_i", np.array([s, s], np.int64)), _const("p_zeros6", np.zeros(6, np.int64))]
     cells, cell_inits, flat = _blob_cells("p_padded", s, 128.0, "b")
-    nodes += cells + [
+    nodes += [
+        *cells,
         helper.make_node("Mul", [flat, "b_score"], ["b_scores"]),
         # boxes in model pixels -> original pixels: divide by the resize scale
         helper.make_node("Div", ["b_boxes", "p_scale"], ["n_boxes_orig"]),
     ]
-    inits += cell_inits + [_const("b_score", np.array(score, np.float32)),
-                           _const("b_boxes", cell_boxes(s).reshape(1, -1, 4))]
+    inits += [*cell_inits, _const("b_score", np.array(score, np.float32)),
+              _const("b_boxes", cell_boxes(s).reshape(1, -1, 4))]
     nms, nms_inits = _nms_gather("b_boxes", "b_scores", 0.1, 0.5, None)
     inputs, outputs = _e1_io()
     _save(nodes + nms, inits + nms_inits, inputs, outputs, folder / fmt.MODEL_FILE)
@@ -179,13 +180,14 @@ def write_yolo_detector(folder: Path, size: int = 320, class_probs: tuple[float,
     cells, cell_inits, flat = _blob_cells("y_gray", size, 0.5, "y")
     boxes = cell_boxes(size)
     cxcywh = np.concatenate([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], axis=1)
-    nodes += cells + [
+    nodes += [
+        *cells,
         helper.make_node("Reshape", [flat, "y_col"], ["y_obj"]),  # [N, 1]
         helper.make_node("Mul", ["y_obj", "y_probs"], ["y_cls"]),  # [N, C]: class scores only where a blob is
     ]
-    inits = cell_inits + [_const("y_axis1", np.array([1], np.int64)), _const("y_col", np.array([-1, 1], np.int64)),
-                          _const("y_box", cxcywh.astype(np.float32)),
-                          _const("y_probs", np.asarray(class_probs, np.float32).reshape(1, -1))]
+    inits = [*cell_inits, _const("y_axis1", np.array([1], np.int64)), _const("y_col", np.array([-1, 1], np.int64)),
+             _const("y_box", cxcywh.astype(np.float32)),
+             _const("y_probs", np.asarray(class_probs, np.float32).reshape(1, -1))]
     parts = ["y_box", "y_cls"] if transposed else ["y_box", "y_obj", "y_cls"]
     nodes.append(helper.make_node("Concat", parts, ["y_rows"], axis=1))
     if transposed:

@@ -84,7 +84,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     params = {"model": args.model, "data": args.data, "category": args.category, "report": args.report,
               "device": args.device}
     r = run_job("eval", params, _progress_printer("eval"))
-    print(_format_metrics(r))
+    print(r.get("summary") or _format_metrics(r))  # a detector's evaluation states its own metrics
     for note in r.get("notes") or []:
         print(f"note: {note}")
     if args.report:
@@ -97,8 +97,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     summary = infer(args.model, args.inputs, args.out, device=args.device)
     n_scored, n_ng = len(summary["results"]), summary["n_ng"]
-    print(f"{n_scored} images scored on {summary['provider']}: {n_ng} NG, {n_scored - n_ng} OK; "
-          f"heatmaps and scores.json in {args.out}")
+    print(summary.get("summary") or f"{n_scored} images scored on {summary['provider']}: {n_ng} NG, "
+          f"{n_scored - n_ng} OK; heatmaps and scores.json in {args.out}")
     for note in summary["notes"]:
         print(f"note: {note}")
     for err in summary["errors"]:

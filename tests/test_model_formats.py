@@ -78,20 +78,20 @@ def test_what_is_not_a_model_is_one_clear_error_naming_it(tmp_path: Path, case: 
 
 
 def test_a_new_format_is_one_registration(tmp_path: Path) -> None:
-    """What the next model kinds (detectors, generators) will do: register, and every caller knows the folder."""
-    fmt = ModelFormat("test_detector", "detector", "detector.json", (), "none", None, None)
+    """What the next model kinds (e.g. generators) will do: register, and every caller knows the folder."""
+    fmt = ModelFormat("test_generator", "generator", "generator.json", (), "none", None, None)
     register_model_format(fmt)
     try:
-        (tmp_path / "detector.json").write_text("{}")
+        (tmp_path / "generator.json").write_text("{}")
         info = read_model_info(tmp_path)
-        assert (info.task, info.kind) == ("detector", "test_detector") and is_model_folder(tmp_path)
+        assert (info.task, info.kind) == ("generator", "test_generator") and is_model_folder(tmp_path)
         with pytest.raises(ValueError, match="task must be one of"):
             register_model_format(ModelFormat("x", "oracle", "x.json", (), "none", None, None))
     finally:
         from engine.runtime import model_format
 
-        model_format._FORMATS.pop("test_detector")
-    assert "test_detector" not in model_formats()
+        model_format._FORMATS.pop("test_generator")
+    assert "test_generator" not in model_formats()
 
 
 @pytest.fixture(scope="module")

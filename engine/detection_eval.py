@@ -26,8 +26,8 @@ def evaluate_detector(
     device: str = "auto",
     progress: Progress | None = None,
 ) -> dict:
-    """map50, map50_95, ap50_per_class (the detector's classes), latency_ms, provider, n_test and per-image
-    detections; ground-truth boxes of classes the detector does not know are left out, with an issue."""
+    """map50, map50_95, ap50_per_class (the detector's classes), pr50_per_class (precision-recall curves at IoU
+    0.5), latency_ms, provider, n_test and per-image detections; ground-truth boxes of classes the detector does not know are left out, with an issue."""
     detector = Detector(info, device)
     data = load_detection_set(data_root, category=category)
     tests = data.select("test")
@@ -66,7 +66,7 @@ def evaluate_detector(
     if not gt:
         raise DatasetError(f"{data_root}: none of the {len(tests)} test images could be read")
 
-    metrics = detection_metrics(gt, pred, detector.classes)
+    metrics = detection_metrics(gt, pred, detector.classes, curves=True)
     steady = latencies[1:] if len(latencies) > 1 else latencies  # the first run includes ORT's lazy start
     result = {
         **metrics,

@@ -212,3 +212,35 @@ def write_yolo_detector(folder: Path, size: int = 320, class_probs: tuple[float,
     }
     (folder / fmt.EXTERNAL_DESCRIPTION_FILE).write_text(json.dumps(desc))
     return folder
+
+
+def write_boxes_scores_classes_detector(folder: Path, size: tuple[int, int] = (240, 320),
+                                        boxes: list[list[float]] | None = None) -> Path:
+    """An external detector with an NHWC uint8 BGR input of `size` (H, W), stretched (not letterboxed), whose
+    graph already ran its own NMS: outputs "det_boxes" (x0, y0, x1, y1 in 0..1), "det_scores", "det_labels"."""
+    folder.mkdir(parents=True, exist_ok=True)
+    b = np.asarray(boxes or [[0.25, 0.25, 0.5, 0.5], [0.0, 0.5, 0.1, 0.6]], np.float32)
+    h, w = size
+    nodes = [
+        helper.make_node("ReduceMin", ["input"], ["e_min"], keepdims=0),
+        helper.make_node("Cast", ["e_min"], ["e_min_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["e_min_f", "e_zero"], ["e_nil"]),
+        helper.make_node("Add", ["e_boxes", "e_nil"], ["det_boxes"]),
+        helper.make_node("Identity", ["e_scores"], ["det_scores"]),
+        helper.make_node("Identity", ["e_labels"], ["det_labels"]),
+    ]
+    inits = [_const("e_zero", np.array(0.0, np.float32)), _const("e_boxes", b[None]),
+             _const("e_scores", np.linspace(0.9, 0.6, len(b)).astype(np.float32)[None]),
+             _const("e_labels", (np.arange(len(b)) % 2).astype(np.int64)[None])]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.UINT8, [1, h, w, 3])]
+    outputs = [helper.make_tensor_value_info("det_boxes", TensorProto.FLOAT, [1, len(b), 4]),
+               helper.make_tensor_value_info("det_scores", TensorProto.FLOAT, [1, len(b)]),
+               helper.make_tensor_value_info("det_labels", TensorProto.INT64, [1, len(b)])]
+    _save(nodes, inits, inputs, outputs, folder / "other.onnx")
+    desc = {"model": "other.onnx", "classes": ["a", "b"],
+            "input": {"size": [h, w], "layout": "NHWC", "dtype": "uint8", "channels": "BGR", "resize": "stretch"},
+            "output": {"layout": "boxes_scores_classes", "boxes": "det_boxes", "scores": "det_scores",
+                       "classes": "det_labels", "box_format": "xyxy", "normalised": True},
+            "min_score": 0.05, "nms_iou": 0.5, "score_threshold": 0.5}
+    (folder / fmt.EXTERNAL_DESCRIPTION_FILE).write_text(json.dumps(desc))
+    return folder

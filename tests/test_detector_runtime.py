@@ -21,7 +21,12 @@ from engine.metrics.detection import detection_metrics
 from engine.runtime.detector import Detector
 from engine.runtime.model_format import is_model_folder, open_model, read_model_info
 from engine.runtime.tiling import merge_detections, tile_windows
-from tests.detector_graphs import write_blob_detector, write_constant_detector, write_yolo_detector
+from tests.detector_graphs import (
+    write_blob_detector,
+    write_boxes_scores_classes_detector,
+    write_constant_detector,
+    write_yolo_detector,
+)
 from tests.test_cli import assert_clean_error, run_cli
 from tests.test_detection_data import _voc
 
@@ -95,6 +100,15 @@ def test_a_yolo_style_detector_brought_from_elsewhere(tmp_path, transposed):
     assert det.classes == ["pore", "crack"] and det.provider in ort.get_available_providers()
 
 
+def test_an_external_boxes_scores_classes_detector_nhwc_stretched(tmp_path):
+    det = Detector(write_boxes_scores_classes_detector(tmp_path / "e", size=(240, 320)))
+    boxes, scores, classes = det.detect(np.zeros((480, 640, 3), np.uint8))
+    # 0..1 boxes of the stretched 320 x 240 input, back in pixels of the 640 x 480 image
+    np.testing.assert_allclose(boxes, [[160, 120, 320, 240], [0, 240, 64, 288]], atol=1e-3)
+    assert scores.tolist() == pytest.approx([0.9, 0.6]) and classes.tolist() == [0, 1]
+    assert [det.classes[c] for c in classes] == ["a", "b"]
+
+
 @pytest.mark.parametrize(("change", "fragment"), [
     ({"input": {"size": [320, 320], "layout": "NCWH"}}, "input.layout must be one of NCHW, NHWC"),
     ({"model": "missing.onnx"}, "model: missing.onnx not found"),
@@ -137,6 +151,9 @@ def test_coco_metrics_per_class():
     assert m["map50"] == pytest.approx(0.5) and m["map50_95"] < 0.5
     empty = detection_metrics(gt, [(np.zeros((0, 4)), np.zeros(0), np.zeros(0))] * 2, ["a", "b"])
     assert empty["map50"] == 0.0
+    curves = detection_metrics(gt, pred, ["a", "b", "c"], curves=True)["pr50_per_class"]
+    assert set(curves) == {"a", "b"} and len(curves["a"]["recall"]) == 101
+    assert min(curves["a"]["precision"]) == 1.0 and max(curves["b"]["precision"]) == 0.0
 
 
 # --------------------------------------------------------------------------------------------- eval and infer

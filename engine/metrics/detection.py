@@ -19,10 +19,14 @@ Prediction = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [M, 4], scores [
 
 
 def detection_metrics(
-    gt: Sequence[GroundTruth], pred: Sequence[Prediction], classes: Sequence[str]
+    gt: Sequence[GroundTruth], pred: Sequence[Prediction], classes: Sequence[str], curves: bool = False
 ) -> dict:
     """{"map50", "map50_95", "ap50_per_class": {class: AP@0.5 or None when the class has no ground truth}} over
-    images given in the same order in `gt` and `pred`; None for the means when there is no ground-truth box."""
+    images given in the same order in `gt` and `pred`; None for the means when there is no ground-truth box.
+
+    `curves`: also "pr50_per_class" {class: {"recall": [...], "precision": [...]}}, COCOeval's interpolated
+    precision at IoU 0.5 on its 101 recall points (classes without ground truth left out), for plotting.
+    """
     if len(gt) != len(pred):
         raise ValueError(f"detection_metrics: {len(gt)} ground-truth images but {len(pred)} predictions")
     images, annotations, results = [], [], []
@@ -36,11 +40,16 @@ def detection_metrics(
             results.append({"image_id": image_id, "category_id": int(label) + 1, "bbox": box, "score": float(score)})
     per_class: dict[str, float | None] = {name: None for name in classes}
     if not annotations:
-        return {"map50": None, "map50_95": None, "ap50_per_class": per_class}
+        empty: dict = {"map50": None, "map50_95": None, "ap50_per_class": per_class}
+        return {**empty, "pr50_per_class": {}} if curves else empty
     if not results:  # COCO.loadRes refuses an empty list; no detection at all is AP 0 for every present class
         present = {a["category_id"] - 1 for a in annotations}
-        return {"map50": 0.0, "map50_95": 0.0,
-                "ap50_per_class": {n: (0.0 if i in present else None) for i, n in enumerate(classes)}}
+        out = {"map50": 0.0, "map50_95": 0.0,
+               "ap50_per_class": {n: (0.0 if i in present else None) for i, n in enumerate(classes)}}
+        if curves:
+            out["pr50_per_class"] = {n: {"recall": [0.0, 1.0], "precision": [0.0, 0.0]}
+                                     for i, n in enumerate(classes) if i in present}
+        return out
 
     quiet = io.StringIO()  # pycocotools prints its progress and summary table to stdout
     with contextlib.redirect_stdout(quiet):
@@ -59,7 +68,14 @@ def detection_metrics(
     for k, name in enumerate(classes):
         p = precision[iou50, :, k, 0, -1]
         per_class[name] = float(p[p > -1].mean()) if (p > -1).any() else None
-    return {"map50": _stat(ev.stats[1]), "map50_95": _stat(ev.stats[0]), "ap50_per_class": per_class}
+    out = {"map50": _stat(ev.stats[1]), "map50_95": _stat(ev.stats[0]), "ap50_per_class": per_class}
+    if curves:
+        recall = [round(float(r), 4) for r in ev.params.recThrs]
+        out["pr50_per_class"] = {
+            name: {"recall": recall, "precision": [round(max(float(p), 0.0), 5) for p in precision[iou50, :, k, 0, -1]]}
+            for k, name in enumerate(classes) if per_class[name] is not None
+        }
+    return out
 
 
 def _xywh(boxes: np.ndarray) -> list[list[float]]:

@@ -8,11 +8,13 @@ raw image as ONNX Runtime, so both sides resize exactly as inspection does.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 
 from trainers.common.efficientnet_lite import PIXEL_MEAN, PIXEL_STD
-from trainers.common.torch_preprocess import onnx_resize
+from trainers.common.torch_preprocess import resize_weights
 
 
 def content_shape(h: int, w: int, size: int) -> tuple[int, int]:
@@ -28,11 +30,21 @@ def frame_scale(h: int, w: int, size: int) -> tuple[float, float]:
     return float(np.float32(w) / np.float32(cw)), float(np.float32(h) / np.float32(ch))
 
 
+@lru_cache(maxsize=64)
+def _weights(n_in: int, n_out: int) -> torch.Tensor:
+    # Building the matrix is a Python loop per output pixel; training resizes thousands of same-sized views.
+    return torch.from_numpy(resize_weights(n_in, n_out))
+
+
 def to_frame(image: np.ndarray, size: int) -> torch.Tensor:
-    """H x W x 3 uint8 -> 1 x 3 x size x size float32: resized, normalised, zero-padded (the graph's output)."""
+    """H x W x 3 uint8 -> 1 x 3 x size x size float32: resized, normalised, zero-padded (the graph's output).
+
+    The resize is trainers.common.torch_preprocess.onnx_resize's (ONNX's antialiased linear rule as one matrix
+    per axis), with the matrices kept per size pair.
+    """
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].double()
     h, w = content_shape(image.shape[0], image.shape[1], size)
-    resized = onnx_resize(x, (h, w)).float()
+    resized = (_weights(image.shape[0], h) @ x @ _weights(image.shape[1], w).T).float()
     out = torch.zeros((1, 3, size, size), dtype=torch.float32)
     out[..., :h, :w] = (resized - PIXEL_MEAN) / PIXEL_STD
     return out

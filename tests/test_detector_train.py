@@ -122,8 +122,14 @@ def voc_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_voc(tmp_path_factory.mktemp("det") / "shapes", {"train": 48, "val": 4, "test": 16})
 
 
-# Tiny but real: 128 px frame, a few hundred steps on cached views.
-FAST = dict(image_size=128, epochs=40, batch_size=16, lr=3e-3, device="cpu", seed=0)
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """For the job and CLI plumbing: one training step per epoch."""
+    return write_voc(tmp_path_factory.mktemp("det") / "tiny", {"train": 6, "val": 1, "test": 1}, seed=1)
+
+
+# Tiny but real: 128 px frame, about a hundred steps on cached views.
+FAST = dict(image_size=128, epochs=32, batch_size=16, lr=3e-3, device="cpu", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -165,30 +171,38 @@ def test_loss_goes_down_and_state_is_published(trained: tuple[Path, dict]) -> No
 
 def test_trained_detector_finds_held_out_shapes(trained: tuple[Path, dict], voc_set: Path) -> None:
     """On the test split (never trained on): recall and precision at IoU 0.5, class-aware, through ONNX Runtime
-    on the raw images. An untrained or broken detector (wrong decode, wrong box scale) stays far below."""
-    run, meta = trained
-    dataset = _detection_module().load_detection_set(voc_set)
+    on the raw images, at the best of a few score thresholds. An untrained or broken detector (wrong decode,
+    wrong box scale, classes swapped) reaches neither floor at any threshold."""
     from engine.datasets.imageio import read_image
 
-    hits = n_gt = n_pred = 0
+    run, meta = trained
+    dataset = _detection_module().load_detection_set(voc_set)
+    found = []
     for s in (s for s in dataset.samples if s.split == "test"):
         boxes, scores, classes = _detect_onnx(run, read_image(s.image_path))
         assert boxes.dtype == np.float32 and classes.dtype == np.int64
         assert np.all(np.diff(scores) <= 0), "scores sorted descending"
-        keep = scores >= 0.3
-        boxes, classes = boxes[keep], classes[keep]
-        n_gt += len(s.boxes)
-        n_pred += len(boxes)
-        if len(boxes) and len(s.boxes):
-            iou = _iou(s.boxes, boxes) * (s.labels[:, None] == classes[None])
-            matched = set()
-            for g in range(len(s.boxes)):
-                j = int(iou[g].argmax())
-                if iou[g, j] >= 0.5 and j not in matched:
-                    matched.add(j)
-                    hits += 1
-    recall, precision = hits / n_gt, hits / max(n_pred, 1)
-    assert recall >= 0.8 and precision >= 0.7, (recall, precision, meta["training"]["loss_history"][-1])
+        found.append((s, boxes, scores, classes))
+
+    def recall_precision(threshold: float) -> tuple[float, float]:
+        hits = n_gt = n_pred = 0
+        for s, boxes, scores, classes in found:
+            keep = scores >= threshold
+            b, c = boxes[keep], classes[keep]
+            n_gt += len(s.boxes)
+            n_pred += len(b)
+            if len(b) and len(s.boxes):
+                iou = _iou(s.boxes, b) * (s.labels[:, None] == c[None])
+                matched: set[int] = set()
+                for g in range(len(s.boxes)):
+                    j = int(iou[g].argmax())
+                    if iou[g, j] >= 0.5 and j not in matched:
+                        matched.add(j)
+                        hits += 1
+        return hits / n_gt, hits / max(n_pred, 1)
+
+    results = {t: recall_precision(t) for t in (0.2, 0.3, 0.4, 0.5, 0.6)}
+    assert any(r >= 0.8 and p >= 0.75 for r, p in results.values()), (results, meta["training"]["loss_history"][-1])
 
 
 def test_parity_on_odd_shapes_and_it_fails_on_another_preprocessing(trained: tuple[Path, dict],
@@ -220,7 +234,7 @@ def test_parity_on_odd_shapes_and_it_fails_on_another_preprocessing(trained: tup
         check_parity(det, model, odd, frame=stretched)
 
 
-def test_job_and_cli(voc_set: Path, trained: tuple[Path, dict], tmp_path: Path,
+def test_job_and_cli(tiny_set: Path, trained: tuple[Path, dict], tmp_path: Path,
                      capsys: pytest.CaptureFixture[str]) -> None:
     from app.cli import main
     from engine.jobs import run_job
@@ -229,14 +243,14 @@ def test_job_and_cli(voc_set: Path, trained: tuple[Path, dict], tmp_path: Path,
     _detection_module()
     assert get_job_kind("train_detector").model_output == "model"
     run, _ = trained
-    result = run_job("train_detector", {"data": str(voc_set), "out": str(tmp_path / "job"), "epochs": 1,
-                                        "image_size": 128, "device": "cpu", "init": str(run)})
+    result = run_job("train_detector", {"data": str(tiny_set), "out": str(tmp_path / "job"), "epochs": 2,
+                                        "batch_size": 4, "image_size": 128, "device": "cpu", "init": str(run)})
     meta = json.loads((tmp_path / "job" / fmt.METADATA_FILE).read_text())
     assert result["run_dir"] == str(tmp_path / "job")
     assert meta["training"]["init"] == {"from": str(run), "classes_reused": True}
-    assert meta["training"]["steps"] == 3  # 48 training images, batches of 16, one epoch
+    assert meta["training"]["steps"] == 4  # 6 training images in batches of 4: two steps an epoch, two epochs
 
-    code = main(["train", "detector", "--data", str(voc_set), "--out", str(tmp_path / "cli"), "--epochs", "1",
+    code = main(["train", "detector", "--data", str(tiny_set), "--out", str(tmp_path / "cli"), "--epochs", "1",
                  "--image-size", "128", "--classes", "dark_disc", "--init", "imagenet", "--device", "cpu"])
     assert code == 0
     assert "detector written to" in capsys.readouterr().out

@@ -78,6 +78,24 @@ def cmd_train_unified(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_detector(args: argparse.Namespace) -> int:
+    from app.param_options import check_params, params_from_args
+    from engine.jobs import run_job
+    from engine.jobs.kinds_detector import TrainDetectorParams
+
+    params = check_params(TrainDetectorParams, params_from_args(args, TrainDetectorParams))
+    result = run_job("train_detector", params, _progress_printer("train"))
+    meta = result["metadata"]
+    tr, parity = meta["training"], meta["parity"]
+    print(
+        f"detector written to {result['run_dir']}: classes {', '.join(meta['classes'])}, "
+        f"{tr['n_train_images']} training images, {tr['steps']} steps, {tr['seconds_total']:.1f} s on "
+        f"{tr['device']}, ONNX parity {parity['max_abs_score_diff']:.1e} (score), "
+        f"{parity['max_abs_box_diff_px']:.1e} px (boxes)"
+    )
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from engine.jobs import run_job
 
@@ -335,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     # pydantic only (no torch): the params models are the options' one source
     from app.param_options import add_param_options
     from engine.jobs.kinds import EvalParams, TrainAnomalyParams
+    from engine.jobs.kinds_detector import TrainDetectorParams
     from engine.jobs.kinds_unified import TrainUnifiedParams
 
     p = argparse.ArgumentParser(prog="defectscope", description="DefectScope: industrial visual inspection workbench")
@@ -355,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--naive", action="store_true", help="plain fine-tuning (no anchoring, projection or "
                                                          "compression): the lower bound for comparisons")
     tu.set_defaults(func=cmd_train_unified)
+    td = train_sub.add_parser("detector", help="box detector (defect classes with boxes, or MVTec masks)")
+    add_param_options(td, TrainDetectorParams)
+    td.set_defaults(func=cmd_train_detector)
 
     ev = sub.add_parser("eval", help="evaluate a model on a dataset's test split")
     add_param_options(ev, EvalParams)

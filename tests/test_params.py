@@ -11,7 +11,7 @@ import pytest
 
 from tests.test_cli import REPO, assert_clean_error, run_cli
 
-KIND_MODULES = ["kinds", "kinds_autoprompt", "kinds_multimodal", "kinds_sam_import", "kinds_segmenter",
+KIND_MODULES = ["kinds", "kinds_autoprompt", "kinds_detector", "kinds_multimodal", "kinds_sam_import", "kinds_segmenter",
                 "kinds_unified"]
 
 
@@ -156,7 +156,7 @@ def test_job_kinds_declare_their_model_output():
     from engine.jobs import JobKind, job_kinds
 
     with_models = {name for name, kind in job_kinds().items() if kind.model_output}
-    assert with_models == {"train_anomaly", "train_multimodal", "train_unified"}
+    assert with_models == {"train_anomaly", "train_detector", "train_multimodal", "train_unified"}
     for name in with_models:
         kind = job_kinds()[name]
         assert kind.model_output in kind.outputs.values()
@@ -191,4 +191,4 @@ def test_each_kinds_module_imports_alone_and_every_kind_is_registered(module):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                           env={"PYTHONPATH": str(REPO), "PATH": ""}, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert int(proc.stdout) == 9
+    assert int(proc.stdout) == 10

@@ -1,0 +1,58 @@
+"""The train_detector job kind: DefectScope's own box detector (trainers.detector), closed set.
+
+Kept torch-free: the entry point is imported only when a job runs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from engine.jobs.registry import JobKind, register_job_kind
+from engine.jobs.types import Device
+
+INIT_IMAGENET = "imagenet"
+
+
+class TrainDetectorParams(BaseModel, extra="forbid"):
+    data: str = Field(description="dataset root with boxes (COCO, VOC, YOLO, labelme) or MVTec-layout masks")
+    out: str = Field(description="detector folder the model is written to (detector.onnx + detector.json)")
+    classes: list[str] | None = Field(default=None, min_length=1,
+                                      description="classes to learn, e.g. crazing,scratches (default: all)")
+    epochs: int = Field(default=60, ge=1, le=10_000,
+                        description="passes over the training images (each through a cached augmented view)")
+    image_size: int = Field(default=256, ge=128, le=1280, multiple_of=32,
+                            description="longest image side at the model input, a multiple of 32")
+    backbone: Literal["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"] = Field(
+        default="efficientnet-lite0", description="pretrained trunk (larger: slower, finer features)")
+    device: Device = "auto"
+    # None is the ImageNet trunk; "imagenet" is accepted as its name (and turned into None before the engine
+    # checks path parameters, so it is never mistaken for a folder).
+    init: str | None = Field(default=None, description="'imagenet' (default), or a detector run folder or job "
+                                                       "reference to fine-tune from")
+    seed: int = Field(default=0, ge=0, description="random seed (same seed, same model)")
+    batch_size: int = Field(default=16, ge=1, le=512, description="images per training step")
+    lr: float = Field(default=2e-3, gt=0, le=1.0, title="Learning rate", description="step size of the optimizer")
+    time_budget_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600,
+                                        description="stop the training loop after this many seconds")
+
+    @field_validator("init", mode="before")
+    @classmethod
+    def _imagenet_is_default(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in (INIT_IMAGENET, "") else value
+
+
+register_job_kind(
+    JobKind(
+        name="train_detector",
+        entry="trainers.detector.job:train_job",
+        params=TrainDetectorParams,
+        description="Train DefectScope's box detector (one-stage, anchor-free) and export it in the detector "
+                    "format",
+        needs_torch=True,
+        outputs={"out": "model"},
+        path_params=("data", "init"),
+        model_output="model",
+    )
+)

@@ -7,11 +7,7 @@ pre-processing differs fails parity.
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-import types
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -19,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.datasets.detection import load_detection_set
 from engine.errors import DefectScopeError
 from engine.runtime import detector_format as fmt
 
@@ -73,48 +70,6 @@ def write_voc(root: Path, n: dict[str, int], seed: int = 0) -> Path:
     return root
 
 
-# ------------------------------------------------------ STAND-IN for engine.datasets.detection (package D2)
-# TEMPORARY, for this branch only: the lead removes this block at merge, when D2's real module is in the tree
-# (contract E2). It reads VOC alone, through the project's VOC reader, and keeps the format's split.
-@dataclass
-class _StandInSample:
-    image_path: Path
-    boxes: np.ndarray
-    labels: np.ndarray
-    split: str
-
-
-@dataclass
-class _StandInSet:
-    root: Path
-    classes: list[str]
-    samples: list[_StandInSample]
-    issues: list = field(default_factory=list)
-
-
-def _stand_in_load(root: str | Path, classes: list[str] | None = None, category: str | None = None) -> _StandInSet:
-    from engine.datasets.voc import VocReader
-
-    ds = VocReader().load(Path(root))
-    names = classes or sorted({b.class_name for s in ds.samples for b in s.boxes})
-    samples = []
-    for s in ds.samples:
-        kept = [b for b in s.boxes if b.class_name in names]
-        boxes = np.array([[b.x0, b.y0, b.x1, b.y1] for b in kept], np.float32).reshape(-1, 4)
-        labels = np.array([names.index(b.class_name) for b in kept], np.int64)
-        samples.append(_StandInSample(s.image_path, boxes, labels, s.split))
-    return _StandInSet(Path(root), names, samples, list(ds.issues))
-
-
-def _detection_module() -> types.ModuleType:
-    try:
-        return importlib.import_module("engine.datasets.detection")
-    except ImportError:
-        module = types.ModuleType("engine.datasets.detection")
-        module.load_detection_set = _stand_in_load  # type: ignore[attr-defined]
-        sys.modules["engine.datasets.detection"] = module
-        return module
-# ---------------------------------------------------------------------------------------------- end stand-in
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +91,7 @@ FAST = dict(image_size=128, epochs=32, batch_size=16, lr=3e-3, device="cpu", see
 def trained(voc_set: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     from trainers.detector.fit import FitConfig, train_detector
 
-    dataset = _detection_module().load_detection_set(voc_set)
+    dataset = load_detection_set(voc_set)
     out = tmp_path_factory.mktemp("run") / "detector"
     result = train_detector(dataset, out, FitConfig(**FAST, views=6))
     return out, result["metadata"]
@@ -176,7 +131,7 @@ def test_trained_detector_finds_held_out_shapes(trained: tuple[Path, dict], voc_
     from engine.datasets.imageio import read_image
 
     run, meta = trained
-    dataset = _detection_module().load_detection_set(voc_set)
+    dataset = load_detection_set(voc_set)
     found = []
     for s in (s for s in dataset.samples if s.split == "test"):
         boxes, scores, classes = _detect_onnx(run, read_image(s.image_path))
@@ -240,7 +195,6 @@ def test_job_and_cli(tiny_set: Path, trained: tuple[Path, dict], tmp_path: Path,
     from engine.jobs import run_job
     from engine.jobs.registry import get_job_kind
 
-    _detection_module()
     assert get_job_kind("train_detector").model_output == "model"
     run, _ = trained
     result = run_job("train_detector", {"data": str(tiny_set), "out": str(tmp_path / "job"), "epochs": 2,
@@ -276,7 +230,6 @@ def test_cli_bad_params_exit_2_naming_the_option(voc_set: Path, tmp_path: Path, 
 def test_init_from_a_folder_without_a_detector_is_a_clear_error(voc_set: Path, tmp_path: Path) -> None:
     from engine.jobs import run_job
 
-    _detection_module()
     with pytest.raises(DefectScopeError, match=r"detector_state\.pt"):
         run_job("train_detector", {"data": str(voc_set), "out": str(tmp_path / "o"), "epochs": 1,
                                    "image_size": 128, "device": "cpu", "init": str(tmp_path)})

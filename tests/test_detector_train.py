@@ -84,7 +84,8 @@ def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # Tiny but real: 128 px frame, about a hundred steps on cached views.
-FAST = dict(image_size=128, epochs=32, batch_size=16, lr=3e-3, device="cpu", seed=0)
+FAST = dict(image_size=128, epochs=32, batch_size=16, lr=3e-3, device="cpu", seed=0, backbone="efficientnet-lite0",
+            init=None, time_budget_s=None)
 
 
 @pytest.fixture(scope="module")

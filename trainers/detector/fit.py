@@ -35,15 +35,18 @@ Progress = Callable[[float, str], None]
 
 @dataclass(frozen=True)
 class FitConfig:
-    epochs: int = 60  # passes over the training images, each pass drawing one cached view per image
-    image_size: int = 256
-    backbone: str = "efficientnet-lite0"
-    batch_size: int = 16
-    lr: float = 2e-3
-    device: str = "auto"
-    init: str | None = None  # a run folder to start from; None: the ImageNet trunk with a new head
-    seed: int = 0
-    time_budget_s: float | None = None
+    # What the job's parameters set: their defaults, ranges and rules live in TrainDetectorParams alone
+    # (engine/jobs/kinds_detector.py), so these have none.
+    epochs: int  # passes over the training images, each pass drawing one cached view per image
+    image_size: int
+    backbone: str
+    batch_size: int
+    lr: float
+    device: str
+    init: str | None  # a run folder to start from; None: the ImageNet trunk with a new head
+    seed: int
+    time_budget_s: float | None
+    # The schedule's own constants (not job parameters).
     views: int = 8  # augmented views cached per training image (the first is the image itself)
     frozen_share: float = 0.3  # share of the schedule before the top trunk stages are fine-tuned
     top_lr_factor: float = 0.2

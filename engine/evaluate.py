@@ -17,6 +17,7 @@ import numpy as np
 from engine.datasets import DEFECTIVE, GOOD, load_dataset
 from engine.datasets.imageio import read_mask
 from engine.datasets.splits import resolve_splits
+from engine.detection_eval import evaluate_detector
 from engine.errors import DatasetError, DefectScopeError
 from engine.jobs.kinds import EvalParams
 from engine.jobs.registry import Progress
@@ -159,22 +160,9 @@ def _per_defect(per_image: list[dict]) -> dict:
     return out
 
 
-def _evaluate_detector(
-    info: ModelInfo,
-    data_root: str | Path,
-    category: str | None,
-    report_path: str | Path | None,
-    device: str,
-    progress: Progress | None,
-) -> dict:
-    from engine.detection_eval import evaluate_detector
-
-    return evaluate_detector(info, data_root, category, report_path, device, progress)
-
-
 Evaluator = Callable[[ModelInfo, str | Path, str | None, str | Path | None, str, Progress | None], dict]
 # model task -> its evaluation; tasks not listed are evaluated as image scorers (open_model refuses non-scorers)
-EVALUATORS: dict[str, Evaluator] = {"detector": _evaluate_detector}
+EVALUATORS: dict[str, Evaluator] = {"detector": evaluate_detector}
 
 
 def eval_job(params: EvalParams, progress: Progress) -> dict:

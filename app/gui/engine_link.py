@@ -5,6 +5,10 @@ results come back to the GUI thread through one app-lifetime relay (a queued sig
 waits on HTTP, a subprocess or a sleep. Results of a connection that has since been stopped or replaced (the
 link's `generation` moved on) are dropped, and so are callbacks whose Qt owner has been deleted meanwhile.
 
+About 600 lines on purpose: connecting, polling, submitting (with the uploads a remote engine needs) and fetching
+results all hang on that one generation guard and connection state; settings, HTTP helpers and the local engine
+process already live in their own modules (engine_settings, engine_http, local_engine).
+
 States (`status_changed(state, detail)`):
 
 * ``stopped``      no engine (before `start`, after `stop`, or the local engine exited; detail says why)

@@ -122,6 +122,10 @@ def test_loss_goes_down_and_state_is_published(trained: tuple[Path, dict]) -> No
     assert on_disk["format"] == fmt.FORMAT and on_disk["classes"] == CLASSES
     assert on_disk["input_size"] == 128 and on_disk["source"] == "defectscope"
     assert on_disk["parity"]["n_detections_compared"] > 0
+    # Validated through the exported graph: mAP on the 4 validation images, the threshold where F1 peaks.
+    val = on_disk["validation"]
+    assert val["n_images"] == 4 and val["map50"] is not None and val["map50"] > 0.3, val
+    assert 0.05 <= on_disk["score_threshold"] == val["score_threshold"] <= 0.95
     assert (run / fmt.MODEL_FILE).is_file() and (run / "detector_state.pt").is_file()
 
 
@@ -159,6 +163,9 @@ def test_trained_detector_finds_held_out_shapes(trained: tuple[Path, dict], voc_
 
     results = {t: recall_precision(t) for t in (0.2, 0.3, 0.4, 0.5, 0.6)}
     assert any(r >= 0.8 and p >= 0.75 for r, p in results.values()), (results, meta["training"]["loss_history"][-1])
+    # The threshold chosen on the validation images also holds on the test images.
+    r, p = recall_precision(meta["score_threshold"])
+    assert r >= 0.7 and p >= 0.6, (meta["score_threshold"], r, p, results)
 
 
 def test_parity_on_odd_shapes_and_it_fails_on_another_preprocessing(trained: tuple[Path, dict],

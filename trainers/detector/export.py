@@ -28,6 +28,7 @@ from trainers.common.io import atomic_write
 from trainers.common.onnx_graph import IR_VERSION, OPSET
 from trainers.detector.frame import frame_scale, to_frame
 from trainers.detector.model import Detector, DetectorCore
+from trainers.detector.validate import validate
 from trainers.promptseg.export import _pre_nodes, _trace, cpu_session
 
 STATE_FILE = "detector_state.pt"  # the trainable weights and the architecture: fine-tuning from this run (--init)
@@ -215,19 +216,21 @@ def check_parity(detector: Detector, model: onnx.ModelProto | bytes, images: Seq
 
 # ----------------------------------------------------------------------------------------------------- publish
 def publish(detector: Detector, out_dir: str | Path, classes: list[str], parity_images: Sequence[np.ndarray],
-            training: dict[str, Any], score_threshold: float = 0.3) -> dict[str, Any]:
-    """Export, parity-check, then write detector.onnx, the state and detector.json (last: a folder with
-    detector.json is complete). Returns the metadata written."""
+            training: dict[str, Any], validation_samples: Sequence[Any] = ()) -> dict[str, Any]:
+    """Export, parity-check, validate (mAP and the score threshold, trainers.detector.validate), then write
+    detector.onnx, the state and detector.json (last: a folder with detector.json is complete). Returns the
+    metadata written."""
     if len(classes) != detector.arch.num_classes:
         raise ValueError(f"{len(classes)} class names for a {detector.arch.num_classes}-class detector")
     model = detector_onnx(detector)
     data = model.SerializeToString()
     parity = check_parity(detector, data, parity_images)
+    validation = validate(data, classes, validation_samples)
     meta = {
         "format": fmt.FORMAT, "classes": list(classes), "input_size": detector.arch.image_size,
         "min_score": fmt.DEFAULT_MIN_SCORE, "nms_iou": fmt.DEFAULT_NMS_IOU,
-        "max_detections": fmt.DEFAULT_MAX_DETECTIONS, "score_threshold": score_threshold,
-        "source": "defectscope", "parity": parity, "architecture": detector.arch.to_dict(), "training": training,
+        "max_detections": fmt.DEFAULT_MAX_DETECTIONS, "score_threshold": validation["score_threshold"],
+        "source": "defectscope", "parity": parity, "validation": validation, "architecture": detector.arch.to_dict(), "training": training,
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -236,7 +236,7 @@ def train_detector(dataset: Any, out: str | Path, cfg: FitConfig, progress: Prog
     t_train = time.monotonic() - t_train0
     det.eval()
     val_loss = validation_loss(det, val, device)
-    progress(0.92, "exporting to ONNX and checking parity")
+    progress(0.92, "exporting to ONNX, checking parity, validating")
     parity_images = _parity_images(train + val)
     training = {
         "n_train_images": len(set(cache.image_of.tolist())), "n_validation_images": len(val),
@@ -248,7 +248,7 @@ def train_detector(dataset: Any, out: str | Path, cfg: FitConfig, progress: Prog
         "config": asdict(cfg), "loss_history": history, "validation_loss": val_loss,
         "skipped_images": skipped, "dataset_issues": [str(i) for i in getattr(dataset, "issues", [])][:50],
     }
-    meta = publish(det.cpu(), out, classes, parity_images, training)
+    meta = publish(det.cpu(), out, classes, parity_images, training, val)
     progress(1.0, f"detector written to {out}")
     return {"run_dir": str(out), "metadata": meta}
 

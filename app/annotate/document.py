@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from engine.datasets.imageio import image_size
+from engine.datasets.imageio import image_size, read_mask
 from engine.datasets.keys import sample_key
-from engine.datasets.types import DEFECTIVE, GOOD, Box, Dataset, Polygon
+from engine.datasets.types import DEFECTIVE, GOOD, Box, Dataset, Polygon, Sample
 from engine.errors import DefectScopeError
 from engine.fsutil import atomic_write_text
 from engine.geometry.polygons import mask_to_polygons, polygons_to_mask
@@ -43,7 +43,7 @@ class Shape:
     class_name: str
     points: list[list[float]] = field(default_factory=list)  # box: [[x0, y0], [x1, y1]]; polygon: vertices
     rle: dict | None = None  # mask shapes: COCO RLE ({"size": [h, w], "counts": str})
-    source: str = "manual"  # manual | segmenter | auto-prompt | copied
+    source: str = "manual"  # manual | segmenter | auto-prompt | copied | dataset (its own label) | detector
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def mask(self, shape: tuple[int, int]) -> np.ndarray:
@@ -127,10 +127,12 @@ class AnnotationStore:
     def path(self, key: str) -> Path:
         return self.folder / (hashlib.sha1(key.encode()).hexdigest()[:20] + ".json")
 
-    def load(self, key: str, width: int, height: int) -> ImageAnnotations:
+    def load(self, key: str, width: int, height: int, seed: Sample | None = None) -> ImageAnnotations:
+        """The image's annotations; an image never edited here starts from `seed`'s own labels (dataset_shapes),
+        so the first drawn or accepted shape is added to them and an export never drops the dataset's labels."""
         path = self.path(key)
         if not path.exists():
-            return ImageAnnotations(key, width, height)
+            return ImageAnnotations(key, width, height, dataset_shapes(seed, (height, width)) if seed else [])
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -150,6 +152,24 @@ class AnnotationStore:
             except (OSError, json.JSONDecodeError, KeyError):
                 continue
         return sorted(keys)
+
+
+def dataset_shapes(sample: Sample, shape: tuple[int, int]) -> list[Shape]:
+    """A sample's own labels as editable shapes (source "dataset"): its boxes, its polygons, and its mask when it
+    has no polygons (formats with polygons give the mask from them). A mask that cannot be read is an
+    AnnotationError naming it: editing the image without it would drop it from the exports."""
+    out = [Shape("box", b.class_name, [[b.x0, b.y0], [b.x1, b.y1]], source="dataset") for b in sample.boxes]
+    out += [Shape("polygon", p.class_name, [[float(x), float(y)] for x, y in p.points], source="dataset")
+            for p in sample.polygons if len(p.points) >= 3]
+    if sample.mask_path is not None and not sample.polygons:
+        try:
+            mask = read_mask(sample.mask_path, shape)
+        except DefectScopeError as exc:
+            raise AnnotationError(f"{exc} (the image's own label; fix it before annotating)") from None
+        if mask.any():
+            name = sample.defect_type if sample.defect_type and sample.defect_type != "good" else "defect"
+            out.append(Shape("mask", name, rle=encode_mask(mask), source="dataset"))
+    return out
 
 
 class AnnotationEditor:
@@ -300,7 +320,8 @@ def annotated_dataset(ds: Dataset, store: AnnotationStore) -> Dataset:
     """The dataset with its images' drawn annotations as their labels, ready for engine.datasets.writers.
 
     An image with shapes becomes DEFECTIVE (defect type = its first shape's class) with the shapes as boxes and
-    polygons (painted masks traced to outlines); images never annotated keep their original labels.
+    polygons (painted masks traced to outlines); images never annotated keep their original labels. An annotation
+    file holds the image's own labels too (AnnotationStore.load seeds it with them), so it replaces them whole.
     """
     samples = []
     for s in ds.samples:

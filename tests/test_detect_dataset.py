@@ -5,6 +5,8 @@ builds (tests/detector_graphs.py): a DefectScope detector of bright blobs and a 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -21,6 +23,7 @@ from engine.metrics.detection_match import match_image
 from tests.detector_graphs import write_blob_detector, write_yolo_detector
 from tests.test_engine import TOKEN, EngineProcess
 
+REPO = Path(__file__).resolve().parents[1]
 SPLITS = {"train", "validation", "test"}
 
 
@@ -166,3 +169,12 @@ def test_a_folder_that_is_not_a_detector_is_one_clear_error(tmp_path):
     (tmp_path / "nomodel").mkdir()
     with pytest.raises(DefectScopeError, match="nomodel"):
         detect_dataset(tmp_path / "nomodel", tmp_path / "data", tmp_path / "out")
+
+
+def test_the_detect_dataset_job_never_loads_torch():
+    code = ("import sys\nfrom engine.jobs import run_job\nimport engine.detection_dataset\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'trainers', 'PySide6'))\n"
+            "print(bad)\nsys.exit(1 if bad else 0)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -76,7 +76,7 @@ def _with_preprocess(core: onnx.ModelProto, size: int, core_input: str, name: st
 def trunk_taps_model(sam: Any, size: int) -> onnx.ModelProto:
     """image -> the frozen trunk's three taps (for caching training features with ONNX Runtime)."""
     core = trace_to_onnx(TrunkTaps(sam.image_encoder.trunk).eval(), (torch.zeros(1, 3, size, size),), ["x"],
-                  list(TAP_OUTPUTS))
+                         list(TAP_OUTPUTS))
     return _with_preprocess(core, size, "x", "defectscope_promptseg_taps")
 
 

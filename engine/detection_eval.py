@@ -14,6 +14,7 @@ from engine.detecting import Detected, detect_images
 from engine.errors import DatasetError
 from engine.jobs.registry import Progress
 from engine.metrics.detection import detection_metrics
+from engine.metrics.detection_match import BACKGROUND, confusion_matrix
 from engine.runtime.detector import Detector
 from engine.runtime.model_format import ModelInfo
 
@@ -27,7 +28,9 @@ def evaluate_detector(
     progress: Progress | None = None,
 ) -> dict:
     """map50, map50_95, ap50_per_class (the detector's classes), pr50_per_class (precision-recall curves at IoU
-    0.5), latency_ms, provider, n_test and per-image detections; ground-truth boxes of classes the detector does not know are left out, with an issue."""
+    0.5), confusion_matrix (at the detector's score threshold: rows labelled, columns detected, the last of each
+    "background"), latency_ms, provider, n_test and per-image detections; ground-truth boxes of classes the detector
+    does not know are left out, with an issue."""
     detector = Detector(info, device)
     data = load_detection_set(data_root, category=category)
     tests = data.select("test")
@@ -67,9 +70,16 @@ def evaluate_detector(
         raise DatasetError(f"{data_root}: none of the {len(tests)} test images could be read")
 
     metrics = detection_metrics(gt, pred, detector.classes, curves=True)
+    names = detector.classes
+    threshold = detector.score_threshold
+    matrix = confusion_matrix(
+        ((boxes, [names[int(k)] for k in labels], p_boxes, p_scores, [names[int(k)] for k in p_classes])
+         for (boxes, labels), (p_boxes, p_scores, p_classes) in zip(gt, pred, strict=True)),
+        names, threshold)
     steady = latencies[1:] if len(latencies) > 1 else latencies  # the first run includes ORT's lazy start
     result = {
         **metrics,
+        "confusion_matrix": {"classes": [*names, BACKGROUND], "threshold": threshold, "matrix": matrix.tolist()},
         "n_test": len(gt),
         "n_truth_boxes": int(sum(len(labels) for _, labels in gt)),
         "latency_ms": round(float(np.median(steady)), 3),

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from engine.detections import read_detections
 from engine.errors import ModelError
 from engine.evaluate import evaluate
 from engine.infer import infer
@@ -183,6 +184,27 @@ def test_eval_of_a_detector_writes_coco_metrics(tmp_path, boxed_set):
     assert r["ap50_per_class"] == {"dent": pytest.approx(1.0), "scratch": 0.0}
 
 
+def _confusion(tmp_path: Path, boxed_set: Path, name: str, boxes: list, scores: list, classes: list) -> list:
+    det = write_constant_detector(tmp_path / name, boxes, scores, classes, ["dent", "scratch"])
+    cm = evaluate(det, boxed_set)["confusion_matrix"]
+    assert cm["classes"] == ["dent", "scratch", "background"] and cm["threshold"] == 0.5
+    return cm["matrix"]
+
+
+def test_eval_of_a_detector_reports_the_class_confusion_matrix(tmp_path, boxed_set):
+    # rows: labelled dent, scratch, background (a box on no defect); columns: detected dent, scratch, background
+    # (a defect no box took); 4 test images with one dent and one scratch each
+    exact = _confusion(tmp_path, boxed_set, "exact", [[10, 10, 30, 20], [39, 29, 60, 45]], [0.9, 0.8], [0, 1])
+    assert exact == [[4, 0, 0], [0, 4, 0], [0, 0, 0]]
+    misnamed = _confusion(tmp_path, boxed_set, "misnamed", [[10, 10, 30, 20], [39, 29, 60, 45]], [0.9, 0.8], [0, 0])
+    assert misnamed == [[4, 0, 0], [4, 0, 0], [0, 0, 0]]  # the scratch found but called a dent
+    misplaced = _confusion(tmp_path, boxed_set, "misplaced", [[10, 10, 30, 20], [0, 0, 15, 8]], [0.9, 0.8], [0, 1])
+    assert misplaced == [[4, 0, 0], [0, 0, 4], [0, 4, 0]]  # a scratch alarm on nothing, the scratch missed
+    # the matrix is taken at the model's score threshold (0.5): a right box below it is a miss
+    unsure = _confusion(tmp_path, boxed_set, "unsure", [[10, 10, 30, 20], [39, 29, 60, 45]], [0.9, 0.3], [0, 1])
+    assert unsure == [[4, 0, 0], [0, 0, 4], [0, 0, 0]]
+
+
 def test_cli_eval_and_infer_with_a_detector(tmp_path, boxed_set):
     det = write_constant_detector(tmp_path / "det", [[10, 10, 30, 20], [39, 29, 60, 45]], [0.9, 0.3], [0, 1],
                                   ["dent", "scratch"])
@@ -193,11 +215,14 @@ def test_cli_eval_and_infer_with_a_detector(tmp_path, boxed_set):
     out = tmp_path / "out"
     proc = run_cli("infer", "--model", str(det), str(boxed_set / "images"), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    saved = json.loads((out / "detections.json").read_text())
-    assert len(saved["results"]) == 20 and saved["threshold"] == 0.5
-    first = saved["results"][0]
-    assert first["classes"] == ["dent", "scratch"] and first["verdict"] == "NG"
-    drawn = cv2.imread(str(out / first["drawn"]))
+    assert "20 images searched" in proc.stdout  # the printed summary stays
+    saved = read_detections(out)  # the one detections schema, keyed by output name
+    assert sorted(saved.items) == [f"img{i:02d}" for i in range(20)] and saved.threshold == 0.5
+    assert saved.classes == ["dent", "scratch"] and not saved.data and not saved.errors
+    first = saved.items["img00"]
+    assert first.classes == ["dent", "scratch"] and first.scores.tolist() == pytest.approx([0.9, 0.3])
+    assert first.truth is None and first.split is None and first.extra == {"drawn": "img00_boxes.png"}
+    drawn = cv2.imread(str(out / first.extra["drawn"]))
     assert drawn.shape == (48, 64, 3)
     # only the box at or above the threshold is drawn
     assert np.abs(drawn[10, 15].astype(int) - 90).max() > 30 and np.abs(drawn[30, 50].astype(int) - 90).max() < 5
@@ -221,3 +246,20 @@ def test_infer_reports_unreadable_images_and_goes_on(tmp_path):
     summary = infer(det, [tmp_path / "in"], tmp_path / "out")
     assert [Path(r["path"]).name for r in summary["results"]] == ["a.png"]
     assert [Path(e["path"]).name for e in summary["errors"]] == ["b.png"]
+    saved = read_detections(tmp_path / "out")
+    assert list(saved.items) == ["a"] and list(saved.errors) == ["b"] and "b.png" in saved.errors["b"]
+
+
+def test_infer_and_eval_with_a_detector_brought_from_elsewhere(tmp_path, boxed_set):
+    det = write_yolo_detector(tmp_path / "y", size=320, class_names=["dent", "scratch"])
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "spot.png"), _spot(480, 640, 400, 200, size=40))
+    summary = infer(det, [tmp_path / "in"], tmp_path / "out")
+    saved = read_detections(tmp_path / "out")
+    assert saved.classes == ["dent", "scratch"] and saved.provider == summary["provider"]
+    spot = saved.items["spot"]
+    assert len(spot.boxes) >= 1 and set(spot.classes) == {"scratch"}
+    assert (tmp_path / "out" / spot.extra["drawn"]).is_file()
+    # on the flat grey test images it finds nothing: every labelled box is a miss (the background column)
+    cm = evaluate(det, boxed_set)["confusion_matrix"]
+    assert cm["classes"] == ["dent", "scratch", "background"] and cm["matrix"] == [[0, 0, 4], [0, 0, 4], [0, 0, 0]]

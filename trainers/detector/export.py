@@ -1,7 +1,7 @@
 """Export to the detector format (engine.runtime.detector_format): detector.onnx + detector.json.
 
-detector.onnx = the longest-side pre-processing of the promptable segmenter's encoder (resize, normalise, pad:
-reused, not rewritten) -> DetectorCore (boxes in model pixels, per-class scores) -> boxes scaled back to the
+detector.onnx = the longest-side pre-processing shared with the promptable segmenter's encoder (resize, normalise,
+pad: trainers.common.onnx_export) -> DetectorCore (boxes in model pixels, per-class scores) -> boxes scaled back to the
 original image and clipped -> ONNX NonMaxSuppression per class -> top `max_detections` by score.
 
 Before anything is written, `check_parity` runs the torch model on raw uint8 images (its own resize,
@@ -25,11 +25,11 @@ from onnx import TensorProto, helper
 from engine.errors import DefectScopeError
 from engine.runtime import detector_format as fmt
 from trainers.common.io import atomic_write
+from trainers.common.onnx_export import cpu_session, preprocess_nodes, rewired_nodes, trace_to_onnx
 from trainers.common.onnx_graph import IR_VERSION, OPSET
 from trainers.detector.frame import frame_scale, to_frame
 from trainers.detector.model import Detector, DetectorCore
 from trainers.detector.validate import validate
-from trainers.promptseg.export import _pre_nodes, _trace, cpu_session
 
 STATE_FILE = "detector_state.pt"  # the trainable weights and the architecture: fine-tuning from this run (--init)
 CORE_BOXES, CORE_SCORES = "core_boxes", "core_scores"
@@ -93,15 +93,11 @@ def detector_onnx(detector: Detector, min_score: float = fmt.DEFAULT_MIN_SCORE, 
                   max_detections: int = fmt.DEFAULT_MAX_DETECTIONS) -> onnx.ModelProto:
     """The whole detector as one graph: raw image in, final detections out (interface: detector_format)."""
     size = detector.arch.image_size
-    core = _trace(DetectorCore(detector.cpu().eval()), (torch.zeros(1, 3, size, size),), ["x"],
-                  [CORE_BOXES, CORE_SCORES])
+    core = trace_to_onnx(DetectorCore(detector.cpu().eval()), (torch.zeros(1, 3, size, size),), ["x"],
+                         [CORE_BOXES, CORE_SCORES])
     pre_out = "pre_output"
-    pre_nodes, pre_inits = _pre_nodes(size, pre_out)
-    core_nodes = []
-    for node in core.graph.node:
-        node = onnx.NodeProto.FromString(node.SerializeToString())
-        node.input[:] = [pre_out if name == "x" else name for name in node.input]
-        core_nodes.append(node)
+    pre_nodes, pre_inits = preprocess_nodes(size, pre_out)
+    core_nodes = rewired_nodes(core, "x", pre_out)
     post_nodes, post_inits = _post_nodes(size, min_score, nms_iou, max_detections)
     graph = helper.make_graph(
         pre_nodes + core_nodes + post_nodes, "defectscope_detector",

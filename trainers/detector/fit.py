@@ -23,12 +23,12 @@ import torch
 from engine.datasets.imageio import read_image
 from engine.errors import DatasetError, DefectScopeError, ModelError
 from trainers.common.device import resolve_device
+from trainers.common.onnx_export import cpu_session, trace_to_onnx
 from trainers.detector.augment import augment
 from trainers.detector.export import STATE_FILE, publish
 from trainers.detector.frame import frame_scale, to_frame
 from trainers.detector.losses import assign, detection_loss
 from trainers.detector.model import Detector, DetectorArch, level_points
-from trainers.promptseg.export import _trace, cpu_session
 
 Progress = Callable[[float, str], None]
 
@@ -90,7 +90,7 @@ def _stem_runner(det: Detector, device: torch.device) -> Callable[[torch.Tensor]
     if device.type != "cpu":
         return lambda x: det.trunk.stem(x.to(device))
     size = det.arch.image_size
-    graph = _trace(_Stem(det).eval(), (torch.zeros(2, 3, size, size),), ["x"], ["c3", "h16"],
+    graph = trace_to_onnx(_Stem(det).eval(), (torch.zeros(2, 3, size, size),), ["x"], ["c3", "h16"],
                    {"x": {0: "batch"}, "c3": {0: "batch"}, "h16": {0: "batch"}})
     session = cpu_session(graph.SerializeToString())
     return lambda x: tuple(torch.from_numpy(t) for t in session.run(None, {"x": x.numpy()}))

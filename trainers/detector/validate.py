@@ -16,7 +16,7 @@ from engine.errors import DefectScopeError
 from engine.metrics.detection import detection_metrics
 from engine.metrics.detection_match import match_image
 from engine.runtime import detector_format as fmt
-from trainers.promptseg.export import cpu_session
+from trainers.common.onnx_export import cpu_session
 
 DEFAULT_THRESHOLD = 0.3  # without validation images (or boxes) to choose from
 THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.025), 3)

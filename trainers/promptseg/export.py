@@ -11,24 +11,27 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
 from engine.runtime import segmenter_format as fmt
 from trainers.common.efficientnet_lite import PIXEL_MEAN, PIXEL_STD
 from trainers.common.io import atomic_write
-from trainers.common.onnx_graph import IR_VERSION, OPSET
+from trainers.common.onnx_export import (
+    cpu_session,
+    image_input,
+    preprocess_nodes,
+    rewired_nodes,
+    trace_to_onnx,
+)
+from trainers.common.onnx_graph import IMAGE_INPUT, IR_VERSION, OPSET
 from trainers.promptseg.model import ArchConfig, TrunkTaps, decode_batch, exportable_decoder, trainable_state
 
-IMAGE_INPUT = "image"
 EMBEDDINGS = "image_embeddings"
 DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
@@ -38,70 +41,13 @@ FAMILY = "defectscope_effnet"
 # Float32 graphs of the same ops in a different order: differences of a few 1e-5 on O(10) logits are rounding.
 PARITY_TOLERANCE = 1e-3
 
-_CPU = ["CPUExecutionProvider"]
-
-
-def cpu_session(model: bytes | onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
-    data = model if isinstance(model, bytes) else model.SerializeToString()
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(data, opts, providers=_CPU)
-
-
-# ------------------------------------------------------------------------------------------------ preprocessing
-def _pre_nodes(size: int, out: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """IMAGE_INPUT (H x W x 3 uint8) -> `out` (1 x 3 x size x size float32, normalised, zero-padded).
-
-    New size = floor(side * size / max(H, W) + 0.5), the rounding of SamOnnxModel.resize_longest_image_size, so
-    the decoder's crop of the padding matches what the encoder saw.
-    """
-    nodes = [
-        helper.make_node("Cast", [IMAGE_INPUT], ["pre_float"], to=TensorProto.FLOAT, name="pre_cast"),
-        helper.make_node("Transpose", ["pre_float"], ["pre_chw"], perm=[2, 0, 1], name="pre_transpose"),
-        helper.make_node("Unsqueeze", ["pre_chw", "pre_axis0"], ["pre_nchw"], name="pre_unsqueeze"),
-        helper.make_node("Shape", [IMAGE_INPUT], ["pre_hw_i"], start=0, end=2, name="pre_shape"),
-        helper.make_node("Cast", ["pre_hw_i"], ["pre_hw_f"], to=TensorProto.FLOAT, name="pre_hw_cast"),
-        helper.make_node("ReduceMax", ["pre_hw_f"], ["pre_long"], keepdims=1, name="pre_long"),
-        helper.make_node("Div", ["pre_target", "pre_long"], ["pre_scale"], name="pre_scale"),
-        helper.make_node("Mul", ["pre_hw_f", "pre_scale"], ["pre_hw_scaled"], name="pre_hw_scaled"),
-        helper.make_node("Add", ["pre_hw_scaled", "pre_half"], ["pre_hw_half"], name="pre_hw_half"),
-        helper.make_node("Floor", ["pre_hw_half"], ["pre_hw_floor"], name="pre_hw_floor"),
-        helper.make_node("Max", ["pre_hw_floor", "pre_one"], ["pre_hw_new_f"], name="pre_hw_min1"),
-        helper.make_node("Cast", ["pre_hw_new_f"], ["pre_hw_new"], to=TensorProto.INT64, name="pre_hw_new"),
-        # Antialiased: huge inspection images shrink without aliasing (no effect when upscaling small crops).
-        helper.make_node("Resize", ["pre_nchw", "", "", "pre_hw_new"], ["pre_resized"], mode="linear",
-                         antialias=1, axes=[2, 3], name="pre_resize"),
-        helper.make_node("Sub", ["pre_resized", "pre_mean"], ["pre_centred"], name="pre_sub_mean"),
-        helper.make_node("Div", ["pre_centred", "pre_std"], ["pre_normalised"], name="pre_div_std"),
-        helper.make_node("Sub", ["pre_size_i", "pre_hw_new"], ["pre_pad_hw"], name="pre_pad_hw"),
-        helper.make_node("Concat", ["pre_zeros6", "pre_pad_hw"], ["pre_pads"], axis=0, name="pre_pads"),
-        helper.make_node("Pad", ["pre_normalised", "pre_pads", "pre_pad_value"], [out], mode="constant",
-                         name="pre_pad"),
-    ]
-    inits = [
-        helper.make_tensor("pre_axis0", TensorProto.INT64, [1], [0]),
-        helper.make_tensor("pre_target", TensorProto.FLOAT, [1], [float(size)]),
-        helper.make_tensor("pre_half", TensorProto.FLOAT, [1], [0.5]),
-        helper.make_tensor("pre_one", TensorProto.FLOAT, [1], [1.0]),
-        helper.make_tensor("pre_mean", TensorProto.FLOAT, [1, 3, 1, 1], [PIXEL_MEAN] * 3),
-        helper.make_tensor("pre_std", TensorProto.FLOAT, [1, 3, 1, 1], [PIXEL_STD] * 3),
-        helper.make_tensor("pre_size_i", TensorProto.INT64, [2], [size, size]),
-        helper.make_tensor("pre_zeros6", TensorProto.INT64, [6], [0] * 6),
-        helper.make_tensor("pre_pad_value", TensorProto.FLOAT, [], [0.0]),
-    ]
-    return nodes, inits
-
-
-def _image_input() -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(IMAGE_INPUT, TensorProto.UINT8, ["H", "W", 3])
 
 
 def preprocess_model(size: int) -> onnx.ModelProto:
     """The preprocessing alone: image -> 1 x 3 x size x size (what the torch model's input is)."""
-    nodes, inits = _pre_nodes(size, "x")
+    nodes, inits = preprocess_nodes(size, "x")
     graph = helper.make_graph(
-        nodes, "defectscope_promptseg_preprocess", [_image_input()],
+        nodes, "defectscope_promptseg_preprocess", [image_input()],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])], initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
@@ -109,38 +55,13 @@ def preprocess_model(size: int) -> onnx.ModelProto:
     return model
 
 
-def _trace(module: torch.nn.Module, args: tuple[torch.Tensor, ...], input_names: list[str],
-           output_names: list[str], dynamic_axes: dict[str, dict[int, str]] | None = None) -> onnx.ModelProto:
-    """torch -> ONNX with the TorchScript exporter.
-
-    The decoder's output size depends on the *value* of orig_im_size, which torch.export (dynamo) can only
-    express with data-dependent shapes; the tracing exporter records it as ops (see exportable_decoder). The
-    encoder uses the same exporter so both graphs come from one code path.
-    """
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer and deprecation warnings users cannot act on
-        torch.onnx.export(
-            module, args, buf, dynamo=False, input_names=input_names, output_names=output_names,
-            dynamic_axes=dynamic_axes or {}, opset_version=OPSET, do_constant_folding=True,
-        )
-    model = onnx.load_from_string(buf.getvalue())
-    model.ir_version = IR_VERSION
-    return model
-
-
 def _with_preprocess(core: onnx.ModelProto, size: int, core_input: str, name: str) -> onnx.ModelProto:
     """Prepend the preprocessing to a core graph whose input is `core_input` (1 x 3 x size x size)."""
     pre_out = "pre_output"
-    pre_nodes, pre_inits = _pre_nodes(size, pre_out)
-    nodes = []
-    for node in core.graph.node:
-        node = onnx.NodeProto.FromString(node.SerializeToString())
-        node.input[:] = [pre_out if n == core_input else n for n in node.input]
-        nodes.append(node)
+    pre_nodes, pre_inits = preprocess_nodes(size, pre_out)
+    nodes = rewired_nodes(core, core_input, pre_out)
     graph = helper.make_graph(
-        pre_nodes + nodes, name, [_image_input()], list(core.graph.output),
+        pre_nodes + nodes, name, [image_input()], list(core.graph.output),
         initializer=list(core.graph.initializer) + pre_inits,
     )
     opsets = [op for op in core.opset_import if op.domain not in ("", "ai.onnx")]
@@ -151,19 +72,19 @@ def _with_preprocess(core: onnx.ModelProto, size: int, core_input: str, name: st
 
 def trunk_taps_model(sam: Any, size: int) -> onnx.ModelProto:
     """image -> the frozen trunk's three taps (for caching training features with ONNX Runtime)."""
-    core = _trace(TrunkTaps(sam.image_encoder.trunk).eval(), (torch.zeros(1, 3, size, size),), ["x"],
-                  list(TAP_OUTPUTS))
+    core = trace_to_onnx(TrunkTaps(sam.image_encoder.trunk).eval(), (torch.zeros(1, 3, size, size),), ["x"],
+                         list(TAP_OUTPUTS))
     return _with_preprocess(core, size, "x", "defectscope_promptseg_taps")
 
 
 def encoder_model(sam: Any, size: int) -> onnx.ModelProto:
-    core = _trace(sam.image_encoder.eval(), (torch.zeros(1, 3, size, size),), ["x"], [EMBEDDINGS])
+    core = trace_to_onnx(sam.image_encoder.eval(), (torch.zeros(1, 3, size, size),), ["x"], [EMBEDDINGS])
     return _with_preprocess(core, size, "x", "defectscope_promptseg_encoder")
 
 
 def decoder_model(sam: Any, arch: ArchConfig) -> onnx.ModelProto:
     example = _decoder_example(arch, n_points=3, rng=np.random.default_rng(0), orig=(300, 450))
-    model = _trace(
+    model = trace_to_onnx(
         exportable_decoder(sam).eval(), tuple(torch.from_numpy(example[k]) for k in DECODER_INPUTS),
         list(DECODER_INPUTS), list(DECODER_OUTPUTS),
         {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"},

@@ -35,6 +35,7 @@ from engine.jobs.registry import Progress
 from engine.runtime import segmenter_format as fmt
 from trainers.common.device import resolve_device
 from trainers.common.io import atomic_write
+from trainers.common.onnx_export import cpu_session
 from trainers.promptseg.data import (
     FLIPS,
     DataSource,
@@ -44,7 +45,7 @@ from trainers.promptseg.data import (
     collect_masked_images,
     split_holdout,
 )
-from trainers.promptseg.export import cpu_session, export_segmenter, trunk_taps_model
+from trainers.promptseg.export import export_segmenter, trunk_taps_model
 from trainers.promptseg.model import ArchConfig, build_sam, decode_batch, exportable_decoder
 from trainers.promptseg.prompts import correction_click, jitter_box
 from trainers.promptseg.synthetic import good_images, synthetic_samples

@@ -101,6 +101,8 @@ def detected(qtbot, window, tmp_path):
     folder = write_hand_detections(tmp_path / "dets", window)
     with qtbot.waitSignal(window.detection.detections_loaded, timeout=10_000):
         window.detection.load_detections(folder)
+    # pycocotools runs off the GUI thread with stdout redirected: let it finish inside the test
+    qtbot.waitUntil(lambda: window.detection.figures is not None, timeout=10_000)
     return window
 
 
@@ -217,3 +219,94 @@ def test_score_dataset_points_a_detector_to_detect(qtbot, window, tmp_path):
     assert "Detect defects" in window.banner.text()
     texts = [a.text() for a in window.menuBar().actions()[1].menu().actions()]
     assert any("Detect defects" in t for t in texts) and any("Train &detector" in t for t in texts)
+
+
+def test_accepted_boxes_survive_a_coco_export_and_reload(qtbot, detected, tmp_path):
+    from engine.datasets import load_dataset
+
+    w = detected
+    added: list[int] = []
+    w.detection.accept_dataset(on_done=added.append)  # at the file's 0.5: img1-5 one box each, img3 its "b"
+    qtbot.waitUntil(lambda: bool(added), timeout=10_000)
+    assert added == [5]
+    reports: list = []
+    w.export.export(tmp_path / "out", "coco", on_done=reports.append)
+    qtbot.waitUntil(lambda: bool(reports), timeout=20_000)
+    assert reports[0].ok, reports[0].summary()
+    back = load_dataset(tmp_path / "out")
+    assert back.format == "coco"
+    boxes = {s.image_path.stem: [(b.class_name, (b.x0, b.y0, b.x1, b.y1)) for b in s.boxes] for s in back.samples}
+    assert boxes["img5"] == [("a", (30.0, 30.0, 60.0, 60.0))]  # was unlabelled: auto-labelled by the detector
+    assert boxes["img2"] == [("a", (5.0, 5.0, 20.0, 20.0))]  # the drawn labels replace the image's own
+    assert {s.image_path.stem: s.split for s in back.samples}["img4"] == "train"  # the split survives
+
+
+def test_train_detect_threshold_accept_and_export_through_a_real_engine(qtbot, window, tmp_path):
+    """Model ▸ Train detector on a small generated box set, Detect with the model it made, move the threshold,
+    accept all above it as annotations, export as COCO and find the accepted labels in the reloaded export."""
+    pytest.importorskip("torch", reason="training needs torch")
+    from app.gui.engine_link import EngineSettings
+    from engine.datasets import load_dataset
+    from tests.test_detector_train import CLASSES, write_voc
+
+    w, det = window, window.detection
+    root = write_voc(tmp_path / "shapes", {"train": 24, "val": 2, "test": 6}, seed=2)
+    open_and_wait(qtbot, w, root)
+    w.link.start(EngineSettings(mode="local", url="", token="", tls_ca=""))
+    qtbot.waitUntil(lambda: w.link.state == "connected", timeout=60_000)
+
+    det.detector_job_params = {"epochs": 12, "image_size": 128, "batch_size": 8, "lr": 3e-3, "device": "cpu"}
+    submitted: list[str] = []
+    det.train_detector(on_submitted=submitted.append)
+    qtbot.waitUntil(lambda: bool(submitted), timeout=60_000)
+    with qtbot.waitSignal(w.link.job_finished, timeout=600_000,
+                          check_params_cb=lambda job: job.id == submitted[0]) as finished:
+        pass
+    job = finished.args[0]
+    assert job.state == "succeeded", job.error
+    assert Path(job.params["data"]).parent.name == "detector_data"  # the labels as exported here (COCO)
+    qtbot.waitUntil(lambda: w.models.model_info is not None and w.models.model_info.task == "detector",
+                    timeout=30_000)  # the new detector is the active model
+    qtbot.waitUntil(lambda: job.id in w.models.panel._job_items, timeout=10_000)  # and listed in the panel
+
+    with qtbot.waitSignal(det.detections_loaded, timeout=300_000):
+        det.detect()
+    dets = det.detections
+    assert set(dets.items) == set(w.samples) and dets.classes == CLASSES
+    assert all(it.truth is not None for it in dets.items.values())
+    scores = np.sort(np.concatenate([it.scores for it in dets.items.values()]))[::-1]
+    assert len(scores) >= 2 and scores[0] > scores[-1], scores
+
+    # the threshold redraws and recounts without running the model again
+    det.panel.spin.setValue(0.0)
+    assert det.counts.boxes == len(scores)
+    busiest = max(dets.items, key=lambda k: len(dets.items[k].scores))
+    w.browser.select_key(busiest)
+    qtbot.waitUntil(lambda: w.image_view.key == busiest and w.image_view.image_size is not None, timeout=10_000)
+    drawn_all = [b for b in w.image_view.overlay_boxes if not b.dashed]
+    assert len(drawn_all) == len(dets.items[busiest].scores)
+    det.panel.spin.setValue(float(scores[0]))
+    assert det.counts.boxes == int((scores >= np.float32(det.threshold)).sum()) < len(scores)
+    assert len([b for b in w.image_view.overlay_boxes if not b.dashed]) < len(drawn_all)
+    qtbot.waitUntil(lambda: det.figures is not None, timeout=60_000)
+    assert set(det.panel.metrics.ap_rows()) == set(CLASSES)
+
+    # auto-label the dataset at a threshold that keeps a few boxes
+    det.panel.spin.setValue(float(scores[min(5, len(scores) - 1)]))
+    kept = {k: len(it.above(det.threshold)) for k, it in dets.items.items()}
+    added: list[int] = []
+    det.accept_dataset(on_done=added.append)
+    qtbot.waitUntil(lambda: bool(added), timeout=30_000)
+    assert 0 < added[0] <= sum(kept.values())
+    reports: list = []
+    w.export.export(tmp_path / "exported", "coco", on_done=reports.append)
+    qtbot.waitUntil(lambda: bool(reports), timeout=60_000)
+    back = {s.image_path.name: s for s in load_dataset(tmp_path / "exported").samples}
+    store = w.annotation.controller.store
+    annotated = store.annotated_keys()
+    assert annotated and set(annotated) <= {k for k, n in kept.items() if n}
+    for key in annotated:
+        ann = store.load(key, 1, 1)
+        sample = back[w.samples[key].image_path.name]
+        assert sorted(b.class_name for b in sample.boxes) == sorted(s.class_name for s in ann.shapes)
+        assert {s.source for s in ann.shapes} == {"detector"}

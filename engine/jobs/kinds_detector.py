@@ -1,4 +1,5 @@
-"""The train_detector job kind: DefectScope's own box detector (trainers.detector), closed set.
+"""The detector job kinds: train_detector (DefectScope's own box detector, trainers.detector, closed set) and
+detect_dataset (any detector over a whole dataset, engine.detection_dataset).
 
 Kept torch-free: the entry point is imported only when a job runs.
 """
@@ -54,5 +55,26 @@ register_job_kind(
         outputs={"out": "model"},
         path_params=("data", "init"),
         model_output="model",
+    )
+)
+
+
+class DetectDatasetParams(BaseModel, extra="forbid"):
+    model: str = Field(description="detector folder (DefectScope's or one brought from elsewhere) or job reference")
+    data: str = Field(description="dataset root whose every image is searched")
+    category: str | None = Field(default=None, description="category (sub-folder) to search")
+    out: str = Field(description="folder for detections.json")
+    device: Device = "auto"
+
+
+register_job_kind(
+    JobKind(
+        name="detect_dataset",
+        entry="engine.detection_dataset:detect_job",
+        params=DetectDatasetParams,
+        description="Run a detector over every image of a dataset, with each image's labelled boxes alongside "
+                    "(what the workbench draws as hits, false alarms and misses)",
+        outputs={"out": "detections"},
+        path_params=("model", "data"),
     )
 )

@@ -318,6 +318,7 @@ class DetectionFeature(Feature):
         if item is None:
             return np.zeros((0, 4)), []
         idx = item.above(self.threshold)
+        idx = idx[np.argsort(-item.scores[idx], kind="stable")]  # the table's order (match_image's too)
         return item.boxes[idx], [item.classes[i] for i in idx]
 
     def _accept_on_shown(self, rows: list[int] | None) -> int:

@@ -78,6 +78,12 @@ def match_item(item: DetectionItem, threshold: float) -> ImageMatch | None:
     return match_image(item.truth.boxes, item.truth.classes, item.boxes, item.scores, item.classes, threshold)
 
 
+def kept_order(item: DetectionItem, threshold: float) -> np.ndarray:
+    """Indices of the boxes at or above `threshold`, highest score first (match_image's order)."""
+    kept = item.above(threshold)
+    return kept[np.argsort(-item.scores[kept], kind="stable")]
+
+
 def item_counts(item: DetectionItem, threshold: float) -> Counts:
     m = match_item(item, threshold)
     if m is None:
@@ -249,15 +255,23 @@ class DetectionFeature(Feature):
     def _on_current_changed(self, key: str) -> None:
         self.show_boxes(key or None)
 
+    def _judged(self, item: DetectionItem) -> tuple[ImageMatch | None, np.ndarray, list[str | None]]:
+        """(the match or None without labels, the boxes at the threshold in score order, each one's outcome)."""
+        m = match_item(item, self.threshold)
+        if m is not None:
+            return m, m.kept, list(m.outcomes)
+        kept = kept_order(item, self.threshold)
+        return None, kept, [None] * len(kept)
+
     def overlay_for(self, key: str) -> list[OverlayBox]:
         """What the image view draws for `key` at the current threshold: each box in its outcome's colour,
         labelled with class and score; each missed labelled box dashed."""
         item = self.detections.items.get(key) if self.detections is not None else None
-        if item is None:
-            return []
-        m = match_item(item, self.threshold)
-        kept = m.kept if m is not None else item.above(self.threshold)
-        outcomes = m.outcomes if m is not None else [None] * len(kept)
+        return self._overlay(item, *self._judged(item)) if item is not None else []
+
+    @staticmethod
+    def _overlay(item: DetectionItem, m: ImageMatch | None, kept: np.ndarray,
+                 outcomes: list[str | None]) -> list[OverlayBox]:
         boxes = [OverlayBox(*map(float, item.boxes[i]), f"{item.classes[i]} {item.scores[i]:.2f}",
                             OUTCOMES[o][1]) for i, o in zip(kept, outcomes, strict=True)]
         if m is not None and item.truth is not None:
@@ -274,10 +288,8 @@ class DetectionFeature(Feature):
             self.image_counts = Counts()
             self.panel.image_counts.setText("No detections for this image." if self.detections else "")
             return
-        w.image_view.set_boxes(self.overlay_for(key))
-        m = match_item(item, self.threshold)
-        kept = m.kept if m is not None else item.above(self.threshold)
-        outcomes = m.outcomes if m is not None else [None] * len(kept)
+        m, kept, outcomes = self._judged(item)
+        w.image_view.set_boxes(self._overlay(item, m, kept, outcomes))
         self.panel.set_rows([(item.classes[i], float(item.scores[i]), *OUTCOMES[o])
                              for i, o in zip(kept, outcomes, strict=True)])
         self.image_counts = item_counts(item, self.threshold)
@@ -313,14 +325,6 @@ class DetectionFeature(Feature):
         self.window.background(lambda: confusion_at(dets, figures.keys, figures.classes, threshold), show)
 
     # ----------------------------------------------------------------- accepting as annotations
-    def _kept(self, key: str) -> tuple[np.ndarray, list[str]]:
-        item = self.detections.items[key] if self.detections is not None else None
-        if item is None:
-            return np.zeros((0, 4)), []
-        idx = item.above(self.threshold)
-        idx = idx[np.argsort(-item.scores[idx], kind="stable")]  # the table's order (match_image's too)
-        return item.boxes[idx], [item.classes[i] for i in idx]
-
     def _accept_on_shown(self, rows: list[int] | None) -> int:
         """Add the shown image's boxes (those at `rows` of the table, or all at the threshold) through the
         Annotate dock's editor, so they appear in its overlay and undo there."""
@@ -333,10 +337,11 @@ class DetectionFeature(Feature):
         if editor is None or editor.ann.key != key:
             w.show_error("The image is still loading; try again in a moment.")
             return 0
-        boxes, classes = self._kept(key)
+        item = self.detections.items[key]
+        idx = kept_order(item, self.threshold)  # the table's rows
         if rows is not None:
-            rows = [r for r in rows if r < len(classes)]
-            boxes, classes = boxes[rows], [classes[r] for r in rows]
+            idx = idx[[r for r in rows if r < len(idx)]]
+        boxes, classes = item.boxes[idx], [item.classes[i] for i in idx]
         try:
             added = add_detected_boxes(editor, boxes, classes)
         except OSError as exc:
@@ -365,21 +370,21 @@ class DetectionFeature(Feature):
         if dets is None or store is None:
             w.show_error("Run Model ▸ Detect defects on the open dataset first.")
             return
-        work = {k: self._kept(k) for k in dets.items}
-        work = {k: v for k, v in work.items() if v[1] and k in w.samples}
-        paths = {k: w.samples[k].image_path for k in work}
-        n_boxes = sum(len(c) for _, c in work.values())
+        threshold = self.threshold
+        paths = {k: w.samples[k].image_path for k, it in dets.items.items() if k in w.samples}
+        offered = sum(len(dets.items[k].above(threshold)) for k in paths)
 
-        def run() -> int:
-            return _accept_everywhere(store, work, paths)
+        def run() -> tuple[int, int]:
+            return _accept_everywhere(store, dets, paths, threshold)
 
-        def done(added: int) -> None:
+        def done(result: tuple[int, int]) -> None:
+            added, images = result
             self._reload_shown_annotations()
-            self._accepted(added, n_boxes, len(work))
+            self._accepted(added, offered, images)
             if on_done is not None:
                 on_done(added)
 
-        w.status_message.emit(f"Adding {n_boxes} detections on {len(work)} images as annotations…")
+        w.status_message.emit(f"Adding {offered} detections at score ≥ {threshold:.3f} as annotations…")
         w.background(run, done, lambda msg: w.show_error(f"Accepting detections: {msg}"))
 
     def _reload_shown_annotations(self) -> None:
@@ -438,10 +443,18 @@ class DetectionFeature(Feature):
             w.show_error(f"Detector training failed: {job.error}")
 
 
-def _accept_everywhere(store: AnnotationStore, work: dict[str, tuple[np.ndarray, list[str]]],
-                       paths: dict[str, Path]) -> int:
-    added = 0
-    for key, (boxes, classes) in work.items():
-        width, height = image_size(paths[key])
-        added += add_detected_boxes(AnnotationEditor(store, store.load(key, width, height)), boxes, classes)
-    return added
+def _accept_everywhere(store: AnnotationStore, dets: Detections, paths: dict[str, Path],
+                       threshold: float) -> tuple[int, int]:
+    """(boxes added, images given boxes) over every image of `paths`; off the GUI thread."""
+    added = images = 0
+    for key, path in paths.items():
+        item = dets.items[key]
+        idx = kept_order(item, threshold)
+        if not len(idx):
+            continue
+        width, height = image_size(path)
+        n = add_detected_boxes(AnnotationEditor(store, store.load(key, width, height)), item.boxes[idx],
+                               [item.classes[i] for i in idx])
+        added += n
+        images += n > 0
+    return added, images

@@ -71,6 +71,21 @@ _HEATMAP_MIN_SIDE = 1024
 
 _MASK_COLOR = (0, 230, 90)
 _OUTLINE_COLOR = (0, 255, 255)
+
+
+@dataclass(frozen=True)
+class OverlayBox:
+    """A box drawn over the image by a feature (e.g. detections): pixel corners, a tag, a colour, solid or dashed."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    text: str
+    color: tuple[int, int, int]
+    dashed: bool = False
+
+
 _CLASS_PALETTE = (
     (255, 80, 80), (255, 170, 0), (80, 160, 255), (200, 90, 255),
     (255, 230, 60), (0, 210, 210), (255, 110, 190), (150, 220, 90),
@@ -387,8 +402,14 @@ class ImageView(QWidget):
         self._annotation_shapes: list[QGraphicsItem] = []
         self._annotation_labels: list[_Label] = []
 
+        # Boxes a feature draws (detections), above the dataset's own labels and toggled by that feature.
+        self._box_root = pg.ItemGroup()
+        self._overlay_boxes: list[OverlayBox] = []
+        self._box_items: list[QGraphicsItem] = []
+
         for z, item in enumerate(
-            (self._mask_item, self._heatmap_item, self._mask_outline, self._outline_item, self._annotation_root)
+            (self._mask_item, self._heatmap_item, self._mask_outline, self._outline_item, self._annotation_root,
+             self._box_root)
         ):
             item.setZValue(z)
             item.setParentItem(self._overlay_root)
@@ -560,6 +581,7 @@ class ImageView(QWidget):
         self.set_mask(None)
         self.set_heatmap(None)
         self.set_annotations([], [])
+        self.set_boxes([])
 
     def set_overlay_visible(self, name: str, visible: bool) -> None:
         """Toggle one of OVERLAYS ('mask', 'heatmap', 'outline', 'annotations'); the checkbox follows."""
@@ -693,6 +715,40 @@ class ImageView(QWidget):
         label.setPos(at)
         self._annotation_shapes.append(shape)
         self._annotation_labels.append(label)
+
+    def set_boxes(self, boxes: Sequence[OverlayBox]) -> None:
+        """Replace the feature-drawn boxes (image pixel coordinates); an empty list clears them. Cheap enough to
+        call on every threshold move: a few hundred rect items."""
+        scene = self._box_root.scene()
+        for item in self._box_items:
+            item.setParentItem(None)
+            if scene is not None:
+                scene.removeItem(item)
+        self._box_items = []
+        self._overlay_boxes = list(boxes)
+        for box in self._overlay_boxes:
+            rect = QGraphicsRectItem(QRectF(box.x0, box.y0, box.x1 - box.x0, box.y1 - box.y0))
+            pen = pg.mkPen(box.color, width=2)
+            if box.dashed:
+                pen.setStyle(Qt.PenStyle.DashLine)
+            pen.setCosmetic(True)  # the same on-screen width at every zoom
+            rect.setPen(pen)
+            rect.setParentItem(self._box_root)
+            self._box_items.append(rect)
+            if box.text:
+                label = _Label(box.text, box.color, self._box_root)
+                label.setPos(QPointF(box.x0, box.y0))
+                self._box_items.append(label)
+
+    @property
+    def overlay_boxes(self) -> tuple[OverlayBox, ...]:
+        """The boxes set_boxes drew, as given."""
+        return tuple(self._overlay_boxes)
+
+    @property
+    def box_items(self) -> tuple[QGraphicsItem, ...]:
+        """The drawn rects and their tags (rects are QGraphicsRectItem, tags carry .text())."""
+        return tuple(self._box_items)
 
     @property
     def annotation_shapes(self) -> tuple[QGraphicsItem, ...]:

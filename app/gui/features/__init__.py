@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from app.gui.features.annotation import AnnotationFeature
 from app.gui.features.base import Feature, MenuEntry
 from app.gui.features.cloud import CloudFeature
+from app.gui.features.detection import DetectionFeature
 from app.gui.features.engine import EngineFeature
+from app.gui.features.export import ExportFeature
 from app.gui.features.models import ModelsFeature
 from app.gui.features.scoring import ScoringFeature
 from app.gui.features.text_prompts import TextPromptsFeature
@@ -33,6 +35,8 @@ FEATURES: tuple[FeatureRow, ...] = (
     FeatureRow("models", ModelsFeature, dock="Models"),
     FeatureRow("scoring", ScoringFeature, dock="Metrics"),
     FeatureRow("annotation", AnnotationFeature, dock="Annotate"),
+    FeatureRow("detection", DetectionFeature, dock="Detect"),  # accepts boxes into the annotation row's store
+    FeatureRow("export", ExportFeature),
     FeatureRow("text_prompts", TextPromptsFeature),
     FeatureRow("cloud", CloudFeature),  # its "3D" dock appears with the first part that has a point cloud
     FeatureRow("training", TrainingFeature),

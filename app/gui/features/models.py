@@ -61,7 +61,7 @@ class ModelsFeature(Feature):
             return
         self.model_dir, self.model_info = Path(info.folder), info
         self.label.setText(f"model: {self.model_dir.parent.name}/{self.model_dir.name}")
-        self.window.status_message.emit(
-            f"Active model {self.model_dir}. Model ▸ Score dataset (Ctrl+R) runs it on every image.")
+        run = ("Model ▸ Detect defects (Ctrl+D)" if info.task == "detector" else "Model ▸ Score dataset (Ctrl+R)")
+        self.window.status_message.emit(f"Active model {self.model_dir}. {run} runs it on every image.")
         self.model_changed.emit(self.model_dir)
         self.window.scoring.maybe_load_cached()

@@ -70,6 +70,10 @@ class ScoringFeature(Feature):
         if w.dataset is None or model_dir is None:
             w.show_error("Open a dataset and choose a model (Models panel or Model ▸ Use model folder) first.")
             return
+        if w.models.model_info is not None and w.models.model_info.task == "detector":
+            # A detector's per-image score is only its top box: Detect shows the boxes, classes and metrics.
+            w.show_error(f"{model_dir.name} is a box detector: use Model ▸ Detect defects (Ctrl+D) instead.")
+            return
         # On a remote engine the link names a model it made by its ref and uploads any other folder.
         params = {"model": w.link.engine_path(model_dir, "model"), "data": str(w.dataset.root)}
         if w.category:

@@ -46,30 +46,38 @@ def _drag(qtbot, w: MainWindow, points: list[tuple[float, float]]) -> None:
     qtbot.mouseRelease(viewport, Qt.MouseButton.LeftButton, pos=_viewport_point(w, *points[-1]))
 
 
+def _drawn(w: MainWindow) -> list:
+    """The shapes drawn here (the image's own labels, source "dataset", are seeded before them)."""
+    return [s for s in w.annotation.controller.shapes() if s.source != "dataset"]
+
+
 def test_draw_box_brush_and_polygon_with_the_mouse_undo_and_find_them_after_reopening(qtbot, window, tmp_path):
     w = window
     key = w.current_key()
+    # The image's own label (the demo's defect mask, if it has one) is there to edit before anything is drawn.
+    own = [s for s in w.annotation.controller.shapes() if s.source == "dataset"]
+    assert [s.kind for s in own] == (["mask"] if w.samples[key].mask_path else [])
     w.annotation.panel.class_combo.setCurrentText("burr")
     qtbot.keyClick(w, Qt.Key.Key_B)
     assert w.annotation.controller.layer.tool == "box"
     _drag(qtbot, w, [(40, 40), (70, 60), (100, 90)])
-    shapes = w.annotation.controller.shapes()
+    shapes = _drawn(w)
     assert [s.kind for s in shapes] == ["box"] and shapes[0].class_name == "burr"
     (x0, y0), (x1, y1) = shapes[0].points
     assert abs(x0 - 40) < 3 and abs(y0 - 40) < 3 and abs(x1 - 100) < 3 and abs(y1 - 90) < 3
 
     qtbot.keyClick(w, Qt.Key.Key_R)  # brush
     _drag(qtbot, w, [(150, 150), (160, 155), (175, 160)])
-    assert [s.kind for s in w.annotation.controller.shapes()] == ["box", "mask"]
+    assert [s.kind for s in _drawn(w)] == ["box", "mask"]
     qtbot.keyClick(w, Qt.Key.Key_P)  # polygon: three clicks, right-click closes
     viewport = w.image_view.view_box.scene().views()[0].viewport()
     for x, y in [(20, 150), (60, 150), (40, 190)]:
         qtbot.mouseClick(viewport, Qt.MouseButton.LeftButton, pos=_viewport_point(w, x, y))
     qtbot.mouseClick(viewport, Qt.MouseButton.RightButton, pos=_viewport_point(w, 40, 170))
-    assert [s.kind for s in w.annotation.controller.shapes()] == ["box", "mask", "polygon"]
+    assert [s.kind for s in _drawn(w)] == ["box", "mask", "polygon"]
 
     qtbot.keyClick(w, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
-    assert [s.kind for s in w.annotation.controller.shapes()] == ["box", "mask"]
+    assert [s.kind for s in _drawn(w)] == ["box", "mask"]
     w.findChild(QDockWidget, "Annotate").raise_()
     qtbot.wait(200)
     w.grab().save(str(artifacts_dir(tmp_path) / "annotate.png"))
@@ -77,7 +85,7 @@ def test_draw_box_brush_and_polygon_with_the_mouse_undo_and_find_them_after_reop
     # Saved as drawn: a fresh store (as after a restart) finds exactly what is on screen.
     store = AnnotationStore(w.dataset.root)
     size = w.image_view.image_size
-    assert [s.kind for s in store.load(key, *size).shapes] == ["box", "mask"]
+    assert [s.kind for s in store.load(key, *size).shapes] == [s.kind for s in own] + ["box", "mask"]
 
     # Copy labels to the next image.
     w.next_image()
@@ -85,7 +93,7 @@ def test_draw_box_brush_and_polygon_with_the_mouse_undo_and_find_them_after_reop
     qtbot.waitUntil(lambda: w.annotation.controller.editor is not None and w.annotation.controller.editor.ann.key == nxt,
                     timeout=10_000)
     w.annotation.panel.copy_button.click()
-    assert [s.source for s in w.annotation.controller.shapes()] == ["copied", "copied"]
+    assert [s.source for s in _drawn(w)] == ["copied", "copied"]  # the drawn ones; each image keeps its own labels
 
 
 @pytest.mark.slow

@@ -154,23 +154,32 @@ def test_accepting_detections_as_annotations_never_duplicates(qtbot, detected):
     det, controller = w.detection, w.annotation.controller
     key = _show(qtbot, w, "img3")
     qtbot.waitUntil(lambda: controller.editor is not None and controller.editor.ann.key == key, timeout=10_000)
-    det.panel.table.selectRow(0)
+    # The image's own label is there before anything is accepted: accepting never drops it from exports.
+    own = [(s.kind, s.class_name, s.source) for s in controller.editor.shapes]
+    assert own == [("box", "b", "dataset")]
+    det.panel.table.selectRow(0)  # the "b" box on the labelled one: the same box, skipped
+    assert det.accept_selected() == 0
+    det.panel.spin.setValue(0.2)  # now the low "a" box on the same place is in the table too
+    det.panel.table.selectRow(1)
     assert det.accept_selected() == 1
     shapes = controller.editor.shapes
-    assert [(s.kind, s.class_name, s.source) for s in shapes] == [("box", "b", "detector")]
-    assert shapes[0].points == [[20.0, 20.0], [60.0, 60.0]]
-    assert [sh.id for sh in controller.shapes()] == [shapes[0].id]  # what the Annotate overlay draws
-    assert det.accept_image() == 0  # the same box again: skipped
+    assert [(s.kind, s.class_name, s.source) for s in shapes] == [("box", "b", "dataset"), ("box", "a", "detector")]
+    assert shapes[1].points == [[20.0, 20.0], [60.0, 60.0]]
+    assert [sh.id for sh in controller.shapes()] == [sh.id for sh in shapes]  # what the Annotate overlay draws
+    assert det.accept_image() == 0  # both again: skipped
 
     added: list[int] = []
-    det.panel.spin.setValue(0.2)  # the dataset's 6 boxes at 0.2; img3's "b" is annotated already
-    det.accept_dataset(on_done=added.append)
+    det.accept_dataset(on_done=added.append)  # the dataset's 6 boxes at 0.2
     qtbot.waitUntil(lambda: bool(added), timeout=10_000)
-    assert added == [5]
+    # img1's hit and img3's two are there already; img2's false alarm, img4's "b" (its label is "a") and img5's
+    # box (no labels) are new.
+    assert added == [3]
     assert sorted(s.class_name for s in controller.editor.shapes) == ["a", "b"]  # the shown image reloaded
     store = controller.store
     annotated = {w.samples[k].image_path.stem: k for k in store.annotated_keys()}
-    assert sorted(annotated) == ["img1", "img2", "img3", "img4", "img5"]
+    assert sorted(annotated) == ["img2", "img3", "img4", "img5"]  # img1 got nothing new: no file written
+    img4 = store.load(annotated["img4"], 100, 100)
+    assert [(s.class_name, s.source) for s in img4.shapes] == [("a", "dataset"), ("b", "detector")]
     again: list[int] = []
     det.accept_dataset(on_done=again.append)
     qtbot.waitUntil(lambda: bool(again), timeout=10_000)
@@ -226,9 +235,10 @@ def test_accepted_boxes_survive_a_coco_export_and_reload(qtbot, detected, tmp_pa
 
     w = detected
     added: list[int] = []
-    w.detection.accept_dataset(on_done=added.append)  # at the file's 0.5: img1-5 one box each, img3 its "b"
+    # At the file's 0.5: img1-5 one box each; img1's and img3's are their own labels already.
+    w.detection.accept_dataset(on_done=added.append)
     qtbot.waitUntil(lambda: bool(added), timeout=10_000)
-    assert added == [5]
+    assert added == [3]
     reports: list = []
     w.export.export(tmp_path / "out", "coco", on_done=reports.append)
     qtbot.waitUntil(lambda: bool(reports), timeout=20_000)
@@ -237,7 +247,9 @@ def test_accepted_boxes_survive_a_coco_export_and_reload(qtbot, detected, tmp_pa
     assert back.format == "coco"
     boxes = {s.image_path.stem: [(b.class_name, (b.x0, b.y0, b.x1, b.y1)) for b in s.boxes] for s in back.samples}
     assert boxes["img5"] == [("a", (30.0, 30.0, 60.0, 60.0))]  # was unlabelled: auto-labelled by the detector
-    assert boxes["img2"] == [("a", (5.0, 5.0, 20.0, 20.0))]  # the drawn labels replace the image's own
+    # The image's own label stays beside the accepted false alarm; an image given nothing keeps its own.
+    assert sorted(boxes["img2"]) == [("a", (5.0, 5.0, 20.0, 20.0)), ("a", (50.0, 50.0, 80.0, 80.0))]
+    assert boxes["img1"] == [("a", (10.0, 10.0, 40.0, 40.0))]
     assert {s.image_path.stem: s.split for s in back.samples}["img4"] == "train"  # the split survives
 
 

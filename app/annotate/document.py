@@ -281,17 +281,19 @@ class AnnotationEditor:
         self._commit(before)
 
     def copy_from(self, other: ImageAnnotations) -> int:
-        """Copy another image's shapes (e.g. the previous image's, for a fixture seen in every part)."""
+        """Copy the shapes drawn on another image (e.g. the previous image's, for a fixture seen in every part);
+        its own dataset labels stay with it (they are that image's defects)."""
         if (other.width, other.height) != (self.ann.width, self.ann.height):
             raise AnnotationError(f"cannot copy labels from a {other.width}x{other.height} image to a "
                                   f"{self.ann.width}x{self.ann.height} one")
+        drawn = [s for s in other.shapes if s.source != "dataset"]
         before = self._edit()
-        for s in copy.deepcopy(other.shapes):
+        for s in copy.deepcopy(drawn):
             s.id = uuid.uuid4().hex[:12]
             s.source = "copied"
             self.ann.shapes.append(s)
         self._commit(before)
-        return len(other.shapes)
+        return len(drawn)
 
     def can_undo(self) -> bool:
         return bool(self._undo)

@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 from app.annotate.document import AnnotationEditor, AnnotationError, AnnotationStore, Shape
 from app.gui.image_view import ImageView
 from app.gui.tasks import run_in_background
+from engine.datasets.types import Sample
 
 TOOLS = ("pan", "box", "polygon", "brush", "eraser", "segment")
 TOOL_KEYS = {"pan": "Esc", "box": "B", "polygon": "P", "brush": "R", "eraser": "E", "segment": "S"}
@@ -347,14 +348,15 @@ class AnnotationController(QObject):
         self.editor = self.previous = None
         self.panel.set_classes(class_names)
 
-    def show_image(self, key: str, path: Path, width: int, height: int) -> None:
+    def show_image(self, key: str, path: Path, width: int, height: int, sample: Sample | None = None) -> None:
+        """Edit `key`'s annotations; an image never annotated here starts from `sample`'s own labels."""
         if self.store is None:
             return
         self._clear_proposal()
         if self.editor is not None and self.editor.ann.key != key:
             self.previous = self.editor
         try:
-            self.editor = AnnotationEditor(self.store, self.store.load(key, width, height))
+            self.editor = AnnotationEditor(self.store, self.store.load(key, width, height, sample))
         except AnnotationError as exc:
             self.editor = None
             self.panel.status.setText(str(exc))

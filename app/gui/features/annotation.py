@@ -51,7 +51,7 @@ class AnnotationFeature(Feature):
         sample = w.samples.get(key)
         if size is None or sample is None or key != w.shown_key:
             return
-        self.controller.show_image(key, sample.image_path, *size)
+        self.controller.show_image(key, sample.image_path, *size, sample)
         visible = w.browser.visible_keys()
         if key in visible:
             i = visible.index(key)

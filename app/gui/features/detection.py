@@ -27,6 +27,7 @@ from app.gui.features.base import Feature, MenuEntry
 from app.gui.image_view import OverlayBox
 from engine.client import JobView
 from engine.datasets.imageio import image_size
+from engine.datasets.types import Sample
 from engine.detections import DetectionItem, Detections, read_detections
 from engine.errors import DefectScopeError
 from engine.home import default_data_home
@@ -371,11 +372,11 @@ class DetectionFeature(Feature):
             w.show_error("Run Model ▸ Detect defects on the open dataset first.")
             return
         threshold = self.threshold
-        paths = {k: w.samples[k].image_path for k, it in dets.items.items() if k in w.samples}
-        offered = sum(len(dets.items[k].above(threshold)) for k in paths)
+        samples = {k: w.samples[k] for k in dets.items if k in w.samples}
+        offered = sum(len(dets.items[k].above(threshold)) for k in samples)
 
         def run() -> tuple[int, int]:
-            return _accept_everywhere(store, dets, paths, threshold)
+            return _accept_everywhere(store, dets, samples, threshold)
 
         def done(result: tuple[int, int]) -> None:
             added, images = result
@@ -391,7 +392,7 @@ class DetectionFeature(Feature):
         w = self.window
         key, size = w.shown_key, w.image_view.image_size
         if key is not None and size is not None and key in w.samples:
-            w.annotation.controller.show_image(key, w.samples[key].image_path, *size)
+            w.annotation.controller.show_image(key, w.samples[key].image_path, *size, w.samples[key])
 
     def _accepted(self, added: int, offered: int, images: int = 1) -> None:
         skipped = offered - added
@@ -443,17 +444,18 @@ class DetectionFeature(Feature):
             w.show_error(f"Detector training failed: {job.error}")
 
 
-def _accept_everywhere(store: AnnotationStore, dets: Detections, paths: dict[str, Path],
+def _accept_everywhere(store: AnnotationStore, dets: Detections, samples: dict[str, Sample],
                        threshold: float) -> tuple[int, int]:
-    """(boxes added, images given boxes) over every image of `paths`; off the GUI thread."""
+    """(boxes added, images given boxes) over every image of `samples`; off the GUI thread. An image never
+    annotated starts from its own labels (AnnotationStore.load), so they stay in its exports."""
     added = images = 0
-    for key, path in paths.items():
+    for key, sample in samples.items():
         item = dets.items[key]
         idx = kept_order(item, threshold)
         if not len(idx):
             continue
-        width, height = image_size(path)
-        n = add_detected_boxes(AnnotationEditor(store, store.load(key, width, height)), item.boxes[idx],
+        width, height = image_size(sample.image_path)
+        n = add_detected_boxes(AnnotationEditor(store, store.load(key, width, height, sample)), item.boxes[idx],
                                [item.classes[i] for i in idx])
         added += n
         images += n > 0

@@ -26,7 +26,9 @@ def test_no_generated_request_makes_the_engine_fail(tmp_path):
         seen: dict[str, set[int]] = {}
         def fuzz(operation) -> None:
             @given(case=operation.as_strategy())
-            @settings(max_examples=100, deadline=None, database=None,
+            # derandomize: the same cases on every run and machine, so a failure is reproducible (a random seed
+            # once drew no accepted body among 13 job kinds, failing CI by chance)
+            @settings(max_examples=100, deadline=None, database=None, derandomize=True,
                       suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
             def check(case) -> None:
                 for headers in ({"Authorization": f"Bearer {TOKEN}"}, {}):
@@ -41,8 +43,14 @@ def test_no_generated_request_makes_the_engine_fail(tmp_path):
 
         for operation in operations:
             fuzz(operation)
-        # Generated bodies got past the auth check and the schema: a path-less kind accepted (queued), a path
-        # outside the empty data root refused.
-        assert {200, 403} <= seen["POST /jobs"], seen["POST /jobs"]
+        # Generated bodies got past the auth check and the schema: a path outside the empty data root refused.
+        assert 403 in seen["POST /jobs"], seen["POST /jobs"]
+        # and a body the schema allows with no path at all is accepted (queued: no worker slot runs it)
+        from starlette.testclient import TestClient
+
+        with TestClient(create_app(eng)) as client:
+            r = client.post("/jobs", json={"kind": "export_text_encoder", "params": {}},
+                            headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200, r.text
     finally:
         eng.executor.shutdown()

@@ -9,6 +9,8 @@ tiling included: a 640-px image is larger than twice the model's 256-px input, s
         [--reuse]   # keep a run folder that holds timing.json (an earlier training of the same command)
 
 Torch vs ONNX box parity is measured by the exporter before it publishes (detector.json "parity"), reported here.
+Each set's row (and the latency figures, with NEU-DET) is kept in benchmarks/detector_results.json, so running one
+set rewrites its own row and the table still shows the others with the date they were measured.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ SETS = {
     # good (no box), so the same schedule sees fewer boxes per epoch: the default epochs are kept.
     "magnetic_tile": {"root": "magnetic_tile", "epochs": None, "targets": {}},
 }
+STORE = REPO / "benchmarks" / "detector_results.json"
 TARGET_TRAIN_S = 45 * 60
 TARGET_LATENCY_MS = {200: 20.0, 640: 80.0}
 
@@ -84,7 +87,7 @@ def bench_set(name: str, out: Path, reuse: bool) -> dict:
         raise SystemExit(f"evaluating {name} failed:\n{ev.stderr[-3000:]}")
     r = json.loads(report.read_text())
     meta = json.loads((run_dir / "detector.json").read_text())
-    return {"set": name, **timing, **{k: r[k] for k in ("map50", "map50_95", "ap50_per_class", "n_test",
+    return {"set": name, "measured": time.strftime("%Y-%m-%d"), "machine": machine_info(), **timing, **{k: r[k] for k in ("map50", "map50_95", "ap50_per_class", "n_test",
                                                          "n_truth_boxes", "latency_ms", "provider")},
             "confusion_matrix": r.get("confusion_matrix"), "parity": meta.get("parity"),
             "training": meta.get("training"), "architecture": meta.get("architecture"), "targets": spec["targets"],
@@ -96,20 +99,21 @@ def _f(v: float | None) -> str:
 
 
 def write_results(path: Path, rows: list[dict], lat: dict) -> None:
+    machines = sorted({r.get("machine") or machine_info() for r in rows})
     lines = [f"### Box detector (issue 15) on ../shared/data ({time.strftime('%Y-%m-%d')})", "",
-             f"Machine: {machine_info()}.",
+             f"Machine: {'; '.join(machines)}.",
              "Command: `python benchmarks/detector_benchmark.py` (`defectscope train detector --data ROOT --out RUN` "
              "with the job's defaults, then `defectscope eval`). Splits: NEU-DET's published 70/10/20 split "
              "(engine/datasets/splits/neu_det_*.txt); magnetic tile's boxes are the connected components of its "
              "defect masks, on the same stable split rule. mAP is pycocotools' COCO mAP on the test split.", "",
-             "| set | train images | test images | test boxes | mAP@0.5 | mAP@[.5:.95] | train min | peak GB "
-             "| eval latency ms | targets |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| set | measured | train images | test images | test boxes | mAP@0.5 | mAP@[.5:.95] | train min "
+             "| peak GB | eval latency ms | targets |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         targets = ", ".join(f"{k} >= {v} {'met' if (r[k] or 0) >= v else 'NOT met'}"
                             for k, v in r["targets"].items()) or "reported"
         n_train = (r.get("training") or {}).get("n_train_images", "?")
-        lines.append(f"| {r['set']} | {n_train} | {r['n_test']} | {r['n_truth_boxes']} | {_f(r['map50'])} "
+        lines.append(f"| {r['set']} | {r.get('measured', '?')} | {n_train} | {r['n_test']} | {r['n_truth_boxes']} | {_f(r['map50'])} "
                      f"| {_f(r['map50_95'])} | {r['train_s'] / 60:.1f} | {r['peak_gb']:.2f} | {r['latency_ms']:.1f} "
                      f"| {targets} |")
     lines.append("")
@@ -146,19 +150,21 @@ def main() -> int:
         print(f"../shared/data not found at {SHARED}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    rows = []
+    stored = json.loads(STORE.read_text()) if STORE.is_file() else {"rows": {}, "latency": {}}
     for name in args.sets.split(","):
-        rows.append(bench_set(name, out, args.reuse))
-        print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("training", "architecture")}), flush=True)
-    lat = {}
-    neu = next((r for r in rows if r["set"] == "neu_det"), None)
-    if neu is not None:
-        image = neu_image()
-        lat = {200: latency(Path(neu["run_dir"]), cv2.resize(image, (200, 200), interpolation=cv2.INTER_AREA)),
-               640: latency(Path(neu["run_dir"]), cv2.resize(image, (640, 640), interpolation=cv2.INTER_LINEAR))}
-        print(json.dumps(lat), flush=True)
-    (out / "detector_results.json").write_text(json.dumps({"rows": rows, "latency": lat}, indent=2))
-    write_results(Path(args.results), rows, lat)
+        row = bench_set(name, out, args.reuse)
+        print(json.dumps({k: v for k, v in row.items() if k not in ("training", "architecture")}), flush=True)
+        stored["rows"][name] = {k: v for k, v in row.items() if k not in ("architecture", "run_dir")}
+        if name == "neu_det":
+            image = neu_image()
+            run_dir = Path(row["run_dir"])
+            stored["latency"] = {
+                "200": latency(run_dir, cv2.resize(image, (200, 200), interpolation=cv2.INTER_AREA)),
+                "640": latency(run_dir, cv2.resize(image, (640, 640), interpolation=cv2.INTER_LINEAR))}
+            print(json.dumps(stored["latency"]), flush=True)
+        STORE.write_text(json.dumps(stored, indent=2) + "\n")
+    rows = [stored["rows"][n] for n in SETS if n in stored["rows"]]
+    write_results(Path(args.results), rows, {int(k): v for k, v in stored["latency"].items()})
     return 0
 
 

@@ -96,6 +96,22 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain_backbone(args: argparse.Namespace) -> int:
+    from app.param_options import check_params, params_from_args
+    from engine.jobs import run_job
+    from engine.jobs.kinds_agssp_pretrain import PretrainBackboneParams
+
+    params = check_params(PretrainBackboneParams, params_from_args(args, PretrainBackboneParams))
+    result = run_job("pretrain_backbone", params, _progress_printer("pretrain"))
+    meta = result["metadata"]
+    last = meta["loss_history"][-1] if meta["loss_history"] else {}
+    print(f"pretrained trunk written to {result['run_dir']}: {meta['n_images']} pool images, {meta['steps']} "
+          f"steps, {meta['seconds']:.1f} s on {meta['device']}; last epoch energy loss {last.get('energy', 0):.3f}, "
+          f"distill {last.get('distill', 0):.3f}. Train a detector from it: defectscope train detector --init "
+          f"{result['run_dir']} ...")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from engine.jobs import run_job
 
@@ -353,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     # pydantic only (no torch): the params models are the options' one source
     from app.param_options import add_param_options
     from engine.jobs.kinds import EvalParams, TrainAnomalyParams
+    from engine.jobs.kinds_agssp_pretrain import PretrainBackboneParams
     from engine.jobs.kinds_detector import TrainDetectorParams
     from engine.jobs.kinds_unified import TrainUnifiedParams
 
@@ -377,6 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     td = train_sub.add_parser("detector", help="box detector (defect classes with boxes, or MVTec masks)")
     add_param_options(td, TrainDetectorParams)
     td.set_defaults(func=cmd_train_detector)
+
+    pre = sub.add_parser("pretrain", help="pretrain on unlabelled images (anomaly-guided, AGSSP)")
+    pre_sub = pre.add_subparsers(dest="stage", required=True)
+    pb = pre_sub.add_parser("backbone", help="the detector's trunk learns from a pseudo_boxes pool's anomaly maps")
+    add_param_options(pb, PretrainBackboneParams)
+    pb.set_defaults(func=cmd_pretrain_backbone)
 
     ev = sub.add_parser("eval", help="evaluate a model on a dataset's test split")
     add_param_options(ev, EvalParams)

@@ -191,4 +191,4 @@ def test_each_kinds_module_imports_alone_and_every_kind_is_registered(module):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                           env={"PYTHONPATH": str(REPO), "PATH": ""}, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert int(proc.stdout) == 11
+    assert int(proc.stdout) == 12

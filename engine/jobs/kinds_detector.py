@@ -33,6 +33,12 @@ class TrainDetectorParams(BaseModel, extra="forbid"):
     init: str | None = Field(default=None, description="'imagenet' (default), or a detector run folder or job "
                                                        "reference to fine-tune from")
     seed: int = Field(default=0, ge=0, description="random seed (same seed, same model)")
+    label_fraction: float = Field(default=1.0, gt=0, le=1.0,
+                                  description="share of the labelled training images used, drawn per class by "
+                                              "the seed (few-label protocols: 0.1 = 10%)")
+    freeze_trunk: bool = Field(default=False,
+                               description="keep the whole trunk frozen (detector pretraining on pseudo boxes: only "
+                                           "the FPN and head learn)")
     batch_size: int = Field(default=16, ge=1, le=512, description="images per training step")
     lr: float = Field(default=2e-3, gt=0, le=1.0, title="Learning rate", description="step size of the optimizer")
     time_budget_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600,

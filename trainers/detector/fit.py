@@ -46,6 +46,8 @@ class FitConfig:
     init: str | None  # a run folder to start from; None: the ImageNet trunk with a new head
     seed: int
     time_budget_s: float | None
+    label_fraction: float = 1.0
+    freeze_trunk: bool = False
     # The schedule's own constants (not job parameters).
     views: int = 8  # augmented views cached per training image (the first is the image itself)
     frozen_share: float = 0.3  # share of the schedule before the top trunk stages are fine-tuned
@@ -84,7 +86,7 @@ class _Stem(torch.nn.Module):
         return self.trunk.stem(x)
 
 
-def _stem_runner(det: Detector, device: torch.device) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
+def stem_runner(det: Detector, device: torch.device) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
     """The frozen stages as a function of a frame batch. On the CPU through ONNX Runtime: its depthwise
     convolutions run several times faster than torch's, and the cache is most of a CPU schedule's first minutes."""
     if device.type != "cpu":
@@ -103,7 +105,7 @@ def build_cache(det: Detector, samples: list, views: int, rng: np.random.Generat
     size, points, levels = det.arch.image_size, *level_points(det.arch.image_size)
     c3s, h16s, cls_ts, reg_ts, image_of, skipped = [], [], [], [], [], []
     batch: list[torch.Tensor] = []
-    stem = _stem_runner(det, device)
+    stem = stem_runner(det, device)
 
     def flush() -> None:
         if batch:
@@ -156,6 +158,25 @@ def _load_init(det: Detector, init: str, classes: list[str]) -> dict[str, Any]:
     return {"from": str(init), "classes_reused": same_classes}
 
 
+def label_subset(samples: list, fraction: float, seed: int) -> list:
+    """`fraction` of the images, drawn per class (an image counts for its most frequent class; unlabelled ones
+    form their own group) with the seed, at least one per group: the same subset for the same seed everywhere."""
+    if fraction >= 1.0:
+        return list(samples)
+    groups: dict[int, list] = {}
+    for s in samples:
+        labels = np.asarray(s.labels, dtype=np.int64)
+        key = int(np.bincount(labels).argmax()) if labels.size else -1
+        groups.setdefault(key, []).append(s)
+    rng = np.random.default_rng(seed)
+    picked = []
+    for key in sorted(groups):
+        members = sorted(groups[key], key=lambda s: str(s.image_path))
+        n = max(1, round(fraction * len(members)))
+        picked += [members[i] for i in sorted(rng.choice(len(members), n, replace=False))]
+    return picked
+
+
 def _batches(batch_size: int, rng: np.random.Generator, cache: _Cache) -> list[np.ndarray]:
     """One epoch: every training image once, each through a random one of its cached views."""
     by_image: dict[int, list[int]] = {}
@@ -175,6 +196,8 @@ def train_detector(dataset: Any, out: str | Path, cfg: FitConfig, progress: Prog
     rng = np.random.default_rng(cfg.seed)
     classes = list(dataset.classes)
     train = [s for s in dataset.samples if s.split == "train"]
+    n_train_available = len(train)
+    train = label_subset(train, cfg.label_fraction, cfg.seed)
     val = [s for s in dataset.samples if s.split == "validation"]
     if not train:
         raise DatasetError(f"{dataset.root}: no training images in the detection split")
@@ -208,7 +231,7 @@ def train_detector(dataset: Any, out: str | Path, cfg: FitConfig, progress: Prog
                 stopped_early = True
                 break
             done = max(step / total, elapsed / cfg.time_budget_s if cfg.time_budget_s else 0.0)
-            if not fine_tuning and done >= cfg.frozen_share:
+            if not fine_tuning and not cfg.freeze_trunk and done >= cfg.frozen_share:
                 fine_tuning = True
                 for p in top_params:
                     p.requires_grad_(True)
@@ -239,7 +262,8 @@ def train_detector(dataset: Any, out: str | Path, cfg: FitConfig, progress: Prog
     progress(0.92, "exporting to ONNX, checking parity, validating")
     parity_images = _parity_images(train + val)
     training = {
-        "n_train_images": len(set(cache.image_of.tolist())), "n_validation_images": len(val),
+        "n_train_images": len(set(cache.image_of.tolist())), "n_train_images_available": n_train_available,
+        "label_fraction": cfg.label_fraction, "n_validation_images": len(val),
         "classes": classes, "views_per_image": views, "epochs_run": len(history), "steps": step,
         "stopped_by_time_budget": stopped_early, "seconds_cache": round(t_cache, 1),
         "seconds_train": round(t_train, 1), "seconds_per_step": round(t_train / max(step, 1), 4),

@@ -13,5 +13,6 @@ def train_job(params: TrainDetectorParams, progress: Progress) -> dict:
     dataset = load_detection_set(params.data, classes=params.classes)
     cfg = FitConfig(epochs=params.epochs, image_size=params.image_size, backbone=params.backbone,
                     batch_size=params.batch_size, lr=params.lr, device=params.device, init=params.init,
-                    seed=params.seed, time_budget_s=params.time_budget_s)
+                    seed=params.seed, time_budget_s=params.time_budget_s, label_fraction=params.label_fraction,
+                    freeze_trunk=params.freeze_trunk)
     return train_detector(dataset, params.out, cfg, progress)

@@ -168,8 +168,9 @@ class Detector(nn.Module):
         return self.forward_cached(*self.trunk.stem(x))
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """What training changes (top stages, FPN, head): the frozen stem comes from the pip checkpoint."""
-        keep = ("trunk.stage4.", "trunk.stage5.", "fpn.", "head.")
+        """The whole trunk, FPN and head: the stem is frozen while training, but may itself come from an
+        initialisation other than the pip checkpoint (anomaly-guided backbone pretraining), which --init carries on."""
+        keep = ("trunk.", "fpn.", "head.")
         return {k: v.detach().cpu() for k, v in self.state_dict().items() if k.startswith(keep)}
 
 

@@ -22,7 +22,7 @@ add fields to an item (infer adds "drawn").
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,26 @@ class Detections:
     def is_for(self, root: Path, category: str | None) -> bool:
         """Whether these detections were made on this dataset (keys alone are not enough)."""
         return bool(self.data) and Path(self.data).resolve() == Path(root).resolve() and self.category == category
+
+
+def on_dataset(dets: Detections, image_paths: dict[str, Path], root: str | Path,
+               category: str | None = None) -> Detections:
+    """The items of `dets` (made on any folders, e.g. a pseudo-box pool) that are images of an open dataset,
+    keyed by its sample keys (`image_paths`: key -> image path) and marked as made on it, so the workbench shows
+    them; the items carry no labels to judge against (their classes are not the dataset's)."""
+    key_of = {}
+    for key, path in image_paths.items():
+        try:
+            key_of[str(Path(path).resolve())] = key
+        except OSError:
+            continue
+    items = {}
+    for item in dets.items.values():
+        key = key_of.get(str(Path(item.path).resolve()))
+        if key is not None:
+            items[key] = replace(item, truth=None)
+    # errors stay with the source: their keys name its images, not the dataset's
+    return replace(dets, data=str(Path(root).resolve()), category=category, items=items, errors={})
 
 
 def write_detections(folder: str | Path, *, model: str | Path, classes: list[str], threshold: float, provider: str,

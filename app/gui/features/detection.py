@@ -190,9 +190,9 @@ class DetectionFeature(Feature):
             dets = read_detections(Path(folder))
             return replace(dets, data=str(data_root)) if data_root is not None else dets
 
-        self.window.background(load, self._on_detections, self.window.show_error)
+        self.window.background(load, self.show_detections, self.window.show_error)
 
-    def _on_detections(self, dets: Detections) -> None:
+    def show_detections(self, dets: Detections) -> None:
         w = self.window
         if w.dataset is None or not dets.is_for(w.dataset.root, w.category):
             w.status_message.emit(f"Detections in {dets.folder} are for {dets.data or 'other images'}, "

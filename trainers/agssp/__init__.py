@@ -1,0 +1,2 @@
+"""AGSSP (anomaly-guided self-supervised pretraining): anomaly maps of an unlabelled pool become one-class pseudo
+boxes and map targets (the pseudo_boxes job: engine.pseudo_boxes, engine.pseudo_pool, mutual scoring here)."""

@@ -1,4 +1,4 @@
-"""`defectscope` command line: train, eval, infer, datasets, demo.
+"""`defectscope` command line: train, eval, infer, pseudo-boxes, datasets, demo.
 
 Each subcommand imports what it needs when it runs, so `defectscope infer` never loads torch, and training
 goes through the engine's job registry (the app never imports the trainers).
@@ -109,6 +109,21 @@ def cmd_pretrain_backbone(args: argparse.Namespace) -> int:
           f"steps, {meta['seconds']:.1f} s on {meta['device']}; last epoch energy loss {last.get('energy', 0):.3f}, "
           f"distill {last.get('distill', 0):.3f}. Train a detector from it: defectscope train detector --init "
           f"{result['run_dir']} ...")
+    return 0
+
+
+def cmd_pseudo_boxes(args: argparse.Namespace) -> int:
+    from app.param_options import check_params, params_from_args
+    from engine.jobs import run_job
+    from engine.jobs.kinds_agssp import PseudoBoxesParams
+    from engine.pseudo_pool_format import pool_summary, read_pool
+
+    params = params_from_args(args, PseudoBoxesParams, exclude=("pool", "exclude"))
+    params.update(pool=list(args.pool), exclude=list(args.exclude or []))
+    check_params(PseudoBoxesParams, params)
+    result = run_job("pseudo_boxes", params, _progress_printer("pseudo-boxes"))
+    print(f"pseudo boxes written to {result['out']}: {pool_summary(read_pool(result['out']))}, "
+          f"{result['seconds']:.0f} s")
     return 0
 
 
@@ -277,14 +292,19 @@ def _upload_path_params(client: EngineClient, kind_name: str, params: dict) -> d
     from engine.jobs.registry import get_job_kind
     from engine.server import layout
 
+    def upload_if_local(value: object) -> object:
+        if not isinstance(value, str) or layout.looks_like_artifact_ref(value) or layout.looks_like_upload_ref(value):
+            return value
+        local = Path(value).expanduser()
+        return _upload(client, local) if local.exists() else value
+
     out = dict(params)
     for name in get_job_kind(kind_name).path_params:
-        value = params.get(name)
-        if not isinstance(value, str) or layout.looks_like_artifact_ref(value) or layout.looks_like_upload_ref(value):
+        if name not in params:
             continue
-        local = Path(value).expanduser()
-        if local.exists():
-            out[name] = _upload(client, local)
+        value = params[name]
+        # A list parameter (e.g. several pool folders): each item is uploaded on its own.
+        out[name] = [upload_if_local(v) for v in value] if isinstance(value, list) else upload_if_local(value)
     return out
 
 
@@ -368,7 +388,9 @@ def _format_metrics(r: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     # pydantic only (no torch): the params models are the options' one source
     from app.param_options import add_param_options
+    from engine.jobs.fields import describe_params
     from engine.jobs.kinds import EvalParams, TrainAnomalyParams
+    from engine.jobs.kinds_agssp import PseudoBoxesParams
     from engine.jobs.kinds_agssp_pretrain import PretrainBackboneParams
     from engine.jobs.kinds_detector import TrainDetectorParams
     from engine.jobs.kinds_unified import TrainUnifiedParams
@@ -397,9 +419,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("pretrain", help="pretrain on unlabelled images (anomaly-guided, AGSSP)")
     pre_sub = pre.add_subparsers(dest="stage", required=True)
-    pb = pre_sub.add_parser("backbone", help="the detector's trunk learns from a pseudo_boxes pool's anomaly maps")
-    add_param_options(pb, PretrainBackboneParams)
-    pb.set_defaults(func=cmd_pretrain_backbone)
+    pre_bb = pre_sub.add_parser("backbone", help="the detector's trunk learns from a pseudo_boxes pool's anomaly maps")
+    add_param_options(pre_bb, PretrainBackboneParams)
+    pre_bb.set_defaults(func=cmd_pretrain_backbone)
+    pb = sub.add_parser("pseudo-boxes", help="anomaly maps of an unlabelled image pool -> one-class pseudo boxes "
+                                             "and map targets for pretraining (AGSSP)")
+    pseudo_fields = describe_params(PseudoBoxesParams)
+    # Folders are listed, not comma-joined: a path may contain a comma.
+    pb.add_argument("--pool", nargs="+", required=True, metavar="DIR", help=pseudo_fields["pool"].description)
+    pb.add_argument("--exclude", nargs="+", default=[], metavar="ROOT", help=pseudo_fields["exclude"].description)
+    add_param_options(pb, PseudoBoxesParams, exclude=("pool", "exclude"))
+    pb.set_defaults(func=cmd_pseudo_boxes)
 
     ev = sub.add_parser("eval", help="evaluate a model on a dataset's test split")
     add_param_options(ev, EvalParams)

@@ -11,8 +11,8 @@ import pytest
 
 from tests.test_cli import REPO, assert_clean_error, run_cli
 
-KIND_MODULES = ["kinds", "kinds_autoprompt", "kinds_detector", "kinds_multimodal", "kinds_sam_import", "kinds_segmenter",
-                "kinds_unified"]
+KIND_MODULES = ["kinds", "kinds_agssp", "kinds_agssp_pretrain", "kinds_autoprompt", "kinds_detector", "kinds_multimodal",
+                "kinds_sam_import", "kinds_segmenter", "kinds_unified"]
 
 
 def test_train_anomaly_refuses_an_image_size_the_export_cannot_honour(tmp_path):
@@ -191,4 +191,4 @@ def test_each_kinds_module_imports_alone_and_every_kind_is_registered(module):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                           env={"PYTHONPATH": str(REPO), "PATH": ""}, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert int(proc.stdout) == 12
+    assert int(proc.stdout) == 13

@@ -6,6 +6,7 @@ shared types (never each other), so each can be imported alone and the package h
 
 from engine.jobs import (
     kinds,
+    kinds_agssp,
     kinds_agssp_pretrain,
     kinds_autoprompt,
     kinds_detector,
@@ -15,5 +16,5 @@ from engine.jobs import (
     kinds_unified,
 )
 
-BUILTIN_KIND_MODULES = (kinds, kinds_agssp_pretrain, kinds_autoprompt, kinds_detector, kinds_multimodal,
+BUILTIN_KIND_MODULES = (kinds, kinds_agssp, kinds_agssp_pretrain, kinds_autoprompt, kinds_detector, kinds_multimodal,
                         kinds_sam_import, kinds_segmenter, kinds_unified)

@@ -101,7 +101,8 @@ class Engine:
                 parsed = layout.parse_upload_ref(ref)
                 if parsed:
                     used.add(parsed[0])
-            for value in rec.params.values():
+            values = [v for value in rec.params.values() for v in (value if isinstance(value, list) else [value])]
+            for value in values:  # list parameters (several folders) hold paths too
                 path = Path(value) if isinstance(value, str) else None
                 if path is not None and path.is_absolute() and path.resolve().is_relative_to(uploads):
                     parts = path.resolve().relative_to(uploads).parts
@@ -113,37 +114,52 @@ class Engine:
         self, names: tuple[str, ...], params: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, str]]:
         """Path parameters given as "job:<id>/<artifact>" or "upload:<id>[/<path>]" -> that folder or file here;
-        and the refs as given."""
+        and the refs as given. A list parameter (several folders) has each item resolved, its refs recorded as
+        "<name>.<index>"."""
         resolved, refs = dict(params), {}
         for name in names:
             value = params.get(name)
-            if layout.looks_like_upload_ref(value):
-                upload = layout.parse_upload_ref(value)
-                if upload is None:
-                    raise ArtifactRefError(f"params.{name}: {value!r} is not an upload reference "
-                                           "(expected upload:<upload id>[/<path inside>])")
-                try:
-                    resolved[name], refs[name] = str(self.upload_store.resolve(*upload)), value
-                except LookupError as exc:
-                    raise ArtifactRefError(f"params.{name}: {value}: {exc}") from None
+            if isinstance(value, list):
+                items = []
+                for i, item in enumerate(value):
+                    path, ref = self._resolve_ref(f"{name}.{i}", item)
+                    items.append(path)
+                    if ref is not None:
+                        refs[f"{name}.{i}"] = ref
+                resolved[name] = items
                 continue
-            if not layout.looks_like_artifact_ref(value):
-                continue
-            parsed = layout.parse_artifact_ref(value)
-            if parsed is None:
-                raise ArtifactRefError(f"params.{name}: {value!r} is not an artifact reference "
-                                       "(expected job:<job id>/<artifact name>, e.g. job:3f2a9c1b7d4e/model)")
-            job_id, artifact = parsed
-            source = self.store.get(job_id)
-            if source is None:
-                raise ArtifactRefError(f"params.{name}: {value}: this engine has no job '{job_id}'")
-            if source.state != "succeeded":
-                raise ArtifactRefError(f"params.{name}: {value}: job '{job_id}' is {source.state}, not succeeded")
-            path = layout.artifact_dir(self.data_dir, job_id, artifact)
-            if not path.exists():
-                raise ArtifactRefError(f"params.{name}: {value}: job '{job_id}' has no artifact '{artifact}'")
-            resolved[name], refs[name] = str(path), value
+            resolved[name], ref = self._resolve_ref(name, value)
+            if ref is not None:
+                refs[name] = ref
         return resolved, refs
+
+    def _resolve_ref(self, name: str, value: Any) -> tuple[Any, str | None]:
+        """(the folder or file a ref names, the ref) for one value; (the value, None) for anything not a ref."""
+        if layout.looks_like_upload_ref(value):
+            upload = layout.parse_upload_ref(value)
+            if upload is None:
+                raise ArtifactRefError(f"params.{name}: {value!r} is not an upload reference "
+                                       "(expected upload:<upload id>[/<path inside>])")
+            try:
+                return str(self.upload_store.resolve(*upload)), value
+            except LookupError as exc:
+                raise ArtifactRefError(f"params.{name}: {value}: {exc}") from None
+        if not layout.looks_like_artifact_ref(value):
+            return value, None
+        parsed = layout.parse_artifact_ref(value)
+        if parsed is None:
+            raise ArtifactRefError(f"params.{name}: {value!r} is not an artifact reference "
+                                   "(expected job:<job id>/<artifact name>, e.g. job:3f2a9c1b7d4e/model)")
+        job_id, artifact = parsed
+        source = self.store.get(job_id)
+        if source is None:
+            raise ArtifactRefError(f"params.{name}: {value}: this engine has no job '{job_id}'")
+        if source.state != "succeeded":
+            raise ArtifactRefError(f"params.{name}: {value}: job '{job_id}' is {source.state}, not succeeded")
+        path = layout.artifact_dir(self.data_dir, job_id, artifact)
+        if not path.exists():
+            raise ArtifactRefError(f"params.{name}: {value}: job '{job_id}' has no artifact '{artifact}'")
+        return str(path), value
 
     def _check_paths(self, names: tuple[str, ...], params: dict[str, Any]) -> None:
         if self.data_roots is None:
@@ -151,14 +167,18 @@ class Engine:
         for name in names:
             if name not in params or params[name] is None:
                 continue
-            try:
-                path = Path(str(params[name])).resolve()
-            except ValueError:  # a NUL byte, or text the file system cannot encode: no readable path
-                raise OutsideDataRootsError(
-                    f"params.{name}: {params[name]!r} is not a path this engine can read") from None
-            if not any(path.is_relative_to(root) for root in self.data_roots):
-                roots = ", ".join(str(r) for r in self.data_roots)
-                raise OutsideDataRootsError(f"params.{name}: {params[name]} is outside the engine's data roots ({roots})")
+            value = params[name]
+            # A list parameter (several folders): every item must be inside the data roots.
+            for label, item in ([(f"{name}.{i}", v) for i, v in enumerate(value)] if isinstance(value, list)
+                                else [(name, value)]):
+                try:
+                    path = Path(str(item)).resolve()
+                except ValueError:  # a NUL byte, or text the file system cannot encode: no readable path
+                    raise OutsideDataRootsError(
+                        f"params.{label}: {item!r} is not a path this engine can read") from None
+                if not any(path.is_relative_to(root) for root in self.data_roots):
+                    roots = ", ".join(str(r) for r in self.data_roots)
+                    raise OutsideDataRootsError(f"params.{label}: {item} is outside the engine's data roots ({roots})")
 
     def artifacts_dir(self, job_id: str) -> Path:
         return layout.artifacts_dir(self.data_dir, job_id)

@@ -14,4 +14,5 @@ def pretrain_job(params: PretrainBackboneParams, progress: Progress) -> dict:
     cfg = PretrainConfig(backbone=params.backbone, image_size=params.image_size, epochs=params.epochs,
                          batch_size=params.batch_size, lr=params.lr, distill_weight=params.distill_weight,
                          seed=params.seed, device=params.device, time_budget_s=params.time_budget_s)
-    return pretrain_backbone(pool.images, pool.maps, params.out, cfg, progress, pool=str(params.pool))
+    return pretrain_backbone([str(p) for p in pool.images], pool.maps, params.out, cfg, progress,
+                             pool=str(params.pool))

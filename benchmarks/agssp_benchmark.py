@@ -58,8 +58,16 @@ def demo_surfaces(folder: Path) -> Path:
 
 
 def pool_folders(out: Path) -> list[Path]:
-    folders = [p for p in sorted(SHARED.iterdir()) if p.is_dir() and p.name != "visa_split_csv"]
-    return [*folders, demo_surfaces(out / "demo_surfaces")]
+    """The image folders of every set in ../shared/data (train and test of each MVTec-layout category, NEU-DET's
+    images, MulSen-AD's RGB views), never their masks or depth maps, plus the demo dataset's."""
+    folders = [NEU / "images"]
+    for root in (SHARED, demo_surfaces(out / "demo_surfaces")):
+        for split in sorted(root.glob("*/*/train")) + sorted(root.glob("*/*/test")) + sorted(root.glob("*/train")) \
+                + sorted(root.glob("*/test")):
+            if "mulsen" not in split.parts[-3]:  # its train/test hold depth maps beside the RGB views
+                folders.append(split)
+    folders += sorted((SHARED / "mulsen_ad_subset").glob("*/*/*/rgb"))
+    return [f for f in dict.fromkeys(folders) if f.is_dir()]
 
 
 def pretrain(out: Path, stored: dict) -> dict[str, str]:

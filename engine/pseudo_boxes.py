@@ -119,6 +119,13 @@ def is_elongated(contour: np.ndarray, rule: BoxRule, scale: float = 1.0) -> bool
     return long_side >= rule.elongation * short_side and long_side >= rule.min_length_px * scale
 
 
+def select_boxes(boxes: np.ndarray, scores: np.ndarray, rule: BoxRule) -> np.ndarray:
+    """Indices of the boxes kept: NMS on coordinates FIRST, then the top-k by score. (The published code took the
+    top-k first, so near-duplicates of the best box filled the k places and NMS then left fewer, distinct boxes
+    dropped.)"""
+    return nms(boxes, scores, rule.nms_iou)[: rule.top_k]
+
+
 @dataclass(frozen=True)
 class MapBoxes:
     boxes: np.ndarray  # [N, 4] float32 x0, y0, x1, y1 in image pixels (x1, y1 exclusive), scores descending
@@ -151,7 +158,7 @@ def boxes_from_map(amap: np.ndarray, threshold: float, rule: BoxRule,
     if not boxes:
         return MapBoxes(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
     box_arr, score_arr = np.asarray(boxes, np.float32), np.asarray(scores, np.float32)
-    kept = nms(box_arr, score_arr, rule.nms_iou)[: rule.top_k]  # NMS first, then top-k (the published order lost boxes)
+    kept = select_boxes(box_arr, score_arr, rule)
     return MapBoxes(box_arr[kept], score_arr[kept])
 
 

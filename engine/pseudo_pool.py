@@ -103,6 +103,7 @@ class Pool:
     excluded_count: int = 0  # pool images dropped as evaluation images
     duplicates: int = 0  # images dropped as the same path or the same content as an earlier one
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> reason
+    empty_folders: list[str] = field(default_factory=list)  # given folders that added no image
 
     def group_sizes(self) -> dict[str, int]:
         sizes = dict.fromkeys(self.group_roots, 0)
@@ -168,6 +169,10 @@ def assemble_pool(folders: Sequence[str | Path], exclude: Sequence[str | Path] =
             pool.images.append(resolved)
             pool.groups.append(group)
             pool.keys.append(f"{group}/{path.relative_to(root).as_posix()}")
+    # A folder left without images (nested in an earlier one, or all excluded) is no group: noted, not scored.
+    used = set(pool.groups)
+    pool.empty_folders = [str(r) for g, r in pool.group_roots.items() if g not in used]
+    pool.group_roots = {g: r for g, r in pool.group_roots.items() if g in used}
     if not pool.images:
         where = ", ".join(str(f) for f in folders)
         raise DatasetError(f"no usable images in the pool ({where})"

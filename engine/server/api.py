@@ -118,7 +118,9 @@ class Engine:
         "<name>.<index>"."""
         resolved, refs = dict(params), {}
         for name in names:
-            value = params.get(name)
+            if name not in params:
+                continue
+            value = params[name]
             if isinstance(value, list):
                 items = []
                 for i, item in enumerate(value):

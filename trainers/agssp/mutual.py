@@ -35,7 +35,7 @@ from engine.datasets.imageio import read_image
 from engine.errors import DefectScopeError
 from engine.pseudo_boxes import CoarseMap
 from trainers.common.device import resolve_device
-from trainers.patchcore.model import PatchFeatures
+from trainers.common.efficientnet_lite import PIXEL_MEAN, PIXEL_STD, EfficientNetLiteFeatures
 
 SIDE_MULTIPLE = 32  # every stride-2 layer up to stride 16 sees an even size (the trunk's static TF padding)
 
@@ -46,7 +46,8 @@ class MutualConfig:
     keep_fraction: float = 0.3  # patch score = mean of this fraction of the smallest per-reference distances
     image_side: int = 224  # images are resized to this side's square area, aspect kept
     backbone: str = "efficientnet-lite0"
-    stages: tuple[int, int] = (2, 4)  # stride 8 and 16
+    stages: tuple[int, ...] = (2, 4)  # stride 8 and 16
+    aggregate: int = 3  # neighbourhood averaged into each patch feature (PatchCore: 3)
     blur_sigma: float = 4.0  # model-input pixels
     batch_size: int = 16  # images per feature batch
     pair_batch: int = 32  # image pairs per similarity batch
@@ -77,6 +78,25 @@ def ring_pairs(members: Sequence[int], references: int, rng: np.random.Generator
     return [(order[p], order[(p + k) % n]) for k in range(1, half + 1) for p in range(n)]
 
 
+class PatchNet(torch.nn.Module):
+    """PatchCore's locally aware patch features with the neighbourhood size as a knob: each stage averaged over an
+    `aggregate` x `aggregate` neighbourhood (1: none), the deeper stage upsampled to the stride-8 grid, concatenated."""
+
+    def __init__(self, backbone: str, stages: tuple[int, ...], aggregate: int) -> None:
+        super().__init__()
+        self.trunk = EfficientNetLiteFeatures(backbone, stages)
+        self.aggregate = aggregate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.trunk((x - PIXEL_MEAN) / PIXEL_STD)
+        if self.aggregate > 1:
+            feats = [F.avg_pool2d(f, self.aggregate, stride=1, padding=self.aggregate // 2, count_include_pad=False)
+                     for f in feats]
+        size = feats[0].shape[-2:]
+        return torch.cat([feats[0], *(F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                                      for f in feats[1:])], dim=1)
+
+
 @dataclass
 class _Features:
     feats: torch.Tensor  # [N, Pmax, D] float16 (CPU) L2-normalised, zero rows past each image's own patches
@@ -87,7 +107,8 @@ class _Features:
 
 def _extract(images: Sequence, cfg: MutualConfig, device: torch.device,
              report: Callable[[float, str], None]) -> tuple[_Features, dict[int, str]]:
-    net = PatchFeatures(cfg.backbone, cfg.stages).to(device).eval()
+    # channels_last: the trunk's depthwise convolutions run about a quarter faster on CPUs in this layout.
+    net = PatchNet(cfg.backbone, cfg.stages, cfg.aggregate).to(device).eval().to(memory_format=torch.channels_last)
     n = len(images)
     errors: dict[int, str] = {}
     per_image: list[torch.Tensor | None] = [None] * n
@@ -101,6 +122,7 @@ def _extract(images: Sequence, cfg: MutualConfig, device: torch.device,
         if not items:
             return
         x = torch.from_numpy(np.stack([a for _, a in items])).to(device).permute(0, 3, 1, 2).float()
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             f = F.normalize(net(x), dim=1)  # [B, D, gh, gw]
         for (i, _), fi in zip(items, f, strict=True):

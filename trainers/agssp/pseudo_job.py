@@ -61,7 +61,7 @@ def pseudo_boxes_job(params: PseudoBoxesParams, progress: Progress) -> dict:
         "group_roots": {g: str(r) for g, r in pool.group_roots.items()},
         "excluded": {"count": pool.excluded_count, "sources": list(pool.excluded.sources),
                      "test_images": len(pool.excluded.paths)},
-        "duplicates": pool.duplicates, "unreadable": unreadable,
+        "duplicates": pool.duplicates, "unreadable": unreadable, "empty_folders": pool.empty_folders,
         "norm": {"lo": result.norm.lo, "hi": result.norm.hi, "rule": "(m - lo) / (hi - lo), pool min and max"},
         "rule": rule.to_dict(), "provider": provider, "scoring": stats,
         "seed": params.seed, "references": params.references if scorer == MUTUAL else None,

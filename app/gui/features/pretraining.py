@@ -20,6 +20,7 @@ from app.gui.features.base import Feature, MenuEntry
 from app.gui.pretrain_dialog import PretrainDialog
 from engine.client import JobView
 from engine.detections import Detections, on_dataset, read_detections
+from engine.pseudo_pool_format import COCO_DIR
 from engine.server.layout import artifact_ref
 
 if TYPE_CHECKING:
@@ -97,7 +98,8 @@ class PretrainingFeature(Feature):
     def _on_backbone(self, job: JobView, pool_job: str) -> None:
         if not self._ok(job, "Backbone pretraining"):
             return
-        self._submit("train_detector", {"data": artifact_ref(pool_job, POOL_ARTIFACT),
+        # the pool's pseudo boxes as a COCO set, named inside the pseudo_boxes artifact
+        self._submit("train_detector", {"data": artifact_ref(pool_job, f"{POOL_ARTIFACT}/{COCO_DIR}"),
                                          "init": artifact_ref(job.id, BACKBONE_ARTIFACT), **DETECTOR_PRETRAIN},
                      self._on_detector, "Pretraining the detector on the pseudo boxes")
 

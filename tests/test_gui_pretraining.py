@@ -86,7 +86,8 @@ def test_pretrain_chain_proposals_accept_and_next_training_starts_from_it(qtbot,
     key = max(shown.items, key=lambda k: len(shown.items[k].scores))
     det.panel.spin.setValue(0.0)
     w.browser.select_key(key)
-    qtbot.waitUntil(lambda: w.image_view.key == key, timeout=10_000)
+    editor = lambda: w.annotation.controller.editor  # noqa: E731
+    qtbot.waitUntil(lambda: editor() is not None and editor().ann.key == key, timeout=10_000)
     assert det.accept_image() >= 1
     ann = w.annotation.controller.store.load(key, 1, 1)
     assert "anomaly" in {s.class_name for s in ann.shapes if s.source == "detector"}

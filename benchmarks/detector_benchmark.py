@@ -126,6 +126,7 @@ def write_results(path: Path, rows: list[dict], lat: dict) -> None:
         lines.append(f"- NEU-DET training: {worst_train / 60:.1f} min wall, process start, feature cache, validation "
                      f"and ONNX export with its parity check included (target <= {TARGET_TRAIN_S // 60} min): "
                      f"{'met' if worst_train <= TARGET_TRAIN_S else 'NOT met'}.")
+    lines += [f"- {r['set']}: {r['note']}" for r in rows if r.get("note")]
     for size, m in lat.items():
         target = TARGET_LATENCY_MS[size]
         lines.append(f"- ONNX latency, {size} x {size} image through the runtime ({m['provider']}"
@@ -145,14 +146,17 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "detector"))
     ap.add_argument("--reuse", action="store_true", help="keep run folders that hold timing.json")
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    ap.add_argument("--note", default="", help="what else ran on the machine meanwhile (kept with each row)")
     args = ap.parse_args()
     if not SHARED.is_dir():
         print(f"../shared/data not found at {SHARED}", file=sys.stderr)
         return 2
     out = Path(args.out)
     stored = json.loads(STORE.read_text()) if STORE.is_file() else {"rows": {}, "latency": {}}
-    for name in args.sets.split(","):
+    # --sets "" re-renders the section from the stored rows without training.
+    for name in [n for n in args.sets.split(",") if n]:
         row = bench_set(name, out, args.reuse)
+        row["note"] = args.note
         print(json.dumps({k: v for k, v in row.items() if k not in ("training", "architecture")}), flush=True)
         stored["rows"][name] = {k: v for k, v in row.items() if k not in ("architecture", "run_dir")}
         if name == "neu_det":

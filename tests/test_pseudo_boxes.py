@@ -369,3 +369,49 @@ def test_engine_checks_every_folder_of_a_list_parameter(tmp_path):
         assert stored["out"].startswith(str(tmp_path / "engine"))
     finally:
         eng.executor.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mutual scoring
+
+
+def test_ring_pairs_give_every_image_exactly_r_references_within_its_group():
+    from trainers.agssp.mutual import ring_pairs
+
+    rng = np.random.default_rng(0)
+    members = list(range(10, 60))
+    pairs = ring_pairs(members, 8, rng)
+    assert len({frozenset(p) for p in pairs}) == len(pairs) == 50 * 8 // 2  # each pair once, read both ways
+    partners = {m: 0 for m in members}
+    for a, b in pairs:
+        assert a != b and a in partners and b in partners
+        partners[a] += 1
+        partners[b] += 1
+    assert set(partners.values()) == {8}
+    small = ring_pairs([1, 2, 3, 4], 8, rng)  # a small group: every other image
+    assert sorted(small) == [(1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4)]
+
+
+def test_mutual_patch_scores_equal_a_brute_force_computation_on_images_of_different_sizes(tmp_path):
+    """Images of several shapes share one padded feature tensor; the padding must never be a nearest patch."""
+    import torch
+
+    from trainers.agssp.mutual import MutualConfig, _extract, mutual_maps
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for i, (h, w) in enumerate([(96, 96), (64, 160), (128, 80), (96, 96), (100, 120)]):
+        img = cv2.GaussianBlur(rng.uniform(60, 190, (h, w, 3)).astype(np.float32), (0, 0), 2).astype(np.uint8)
+        paths.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), img)
+    cfg = MutualConfig(references=8, keep_fraction=0.5, device="cpu")
+    maps, errors, stats = mutual_maps(paths, ["g"] * len(paths), cfg)
+    assert not errors and stats["references"] == {"asked": 8, "min": 4, "max": 4}
+    fx, _ = _extract(paths, cfg, torch.device("cpu"), lambda _f, _m: None)
+    assert len({g for g in fx.grids}) > 1  # really several shapes, so padding is in play
+    feats = [fx.feats[i, : gh * gw].float().numpy() for i, (gh, gw) in enumerate(fx.grids)]
+    for i, fi in enumerate(feats):
+        per_ref = [np.sqrt(np.clip(2 - 2 * (fi @ fj.T).max(axis=1), 0, None)) for j, fj in enumerate(feats) if j != i]
+        expected = np.sort(np.stack(per_ref), axis=0)[:2].mean(axis=0)  # keep round(0.5 * 4) = 2 nearest
+        assert maps[i].values.shape == fx.grids[i]
+        np.testing.assert_allclose(maps[i].values.ravel(), expected, atol=2e-3)

@@ -5,7 +5,10 @@ with R other images of its group: a patch that has a close match in most of them
 close matches in few (the images sharing that kind of defect) or none.
 
 - Features: the pip-shipped EfficientNet-Lite0 trunk, PatchCore's locally aware patch features (stride-8 and
-  stride-16 stages, 3x3 average, deeper stage upsampled; trainers.patchcore.model.PatchFeatures), L2-normalised.
+  stride-16 stages, 3x3 average, deeper stage upsampled, as trainers.patchcore.model.PatchFeatures), L2-normalised.
+  (Measured on 150 magnetic-tile images: the stride-8 stage alone without the average boxes small defects tighter,
+  recall 0.37 vs 0.26 at IoU 0.3, but precision halves and pixel AUROC drops 0.73 -> 0.62; the maps are also the
+  backbone-pretraining targets, so the PatchCore features stay the default.)
   Images are resized to the area of a `image_side`^2 square with their aspect ratio kept (squashing a tall tile to a
   square erases thin defects), sides multiples of 32; a 200 px NEU image gives a 28 x 28 grid.
 - References: within each group, images are put in a random order (seeded) and each is paired with the R/2 next
@@ -25,6 +28,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -105,7 +109,7 @@ class _Features:
     scales: list[float]  # model-input pixels per image pixel (the blur is converted with it)
 
 
-def _extract(images: Sequence, cfg: MutualConfig, device: torch.device,
+def _extract(images: Sequence[str | Path], cfg: MutualConfig, device: torch.device,
              report: Callable[[float, str], None]) -> tuple[_Features, dict[int, str]]:
     # channels_last: the trunk's depthwise convolutions run about a quarter faster on CPUs in this layout.
     net = PatchNet(cfg.backbone, cfg.stages, cfg.aggregate).to(device).eval().to(memory_format=torch.channels_last)
@@ -156,7 +160,7 @@ def _extract(images: Sequence, cfg: MutualConfig, device: torch.device,
     return _Features(feats, grids, sizes, scales), errors
 
 
-def mutual_maps(images: Sequence, groups: Sequence[str], cfg: MutualConfig | None = None,
+def mutual_maps(images: Sequence[str | Path], groups: Sequence[str], cfg: MutualConfig | None = None,
                 progress: Callable[[float, str], None] | None = None) -> tuple[list[CoarseMap | None], dict[int, str], dict]:
     """Each image's anomaly map by mutual scoring within its group; None and a reason for an unreadable image.
     Also returns timings and counts (what pool.json records)."""
@@ -204,9 +208,10 @@ def mutual_maps(images: Sequence, groups: Sequence[str], cfg: MutualConfig | Non
             fb = fx.feats[ib].to(device, torch.float32)
             sim = torch.bmm(fa, fb.transpose(1, 2))  # [B, Pa, Pb] cosine similarities
             if padded:  # padding rows (images with fewer patches) must never be anyone's nearest patch
-                vb, va = valid[ib].to(device), valid[ia].to(device)
-                best_in_b = sim.masked_fill(~vb[:, None, :], -2.0).amax(dim=2)  # per patch of a
-                best_in_a = sim.masked_fill(~va[:, :, None], -2.0).amax(dim=1)  # per patch of b
+                # In place: the similarity batch is the largest tensor here; padded rows and columns are read
+                # by nobody once masked (their own results are dropped below).
+                best_in_b = sim.masked_fill_(~valid[ib].to(device)[:, None, :], -2.0).amax(dim=2)  # per patch of a
+                best_in_a = sim.masked_fill_(~valid[ia].to(device)[:, :, None], -2.0).amax(dim=1)  # per patch of b
             else:
                 best_in_b, best_in_a = sim.amax(dim=2), sim.amax(dim=1)
             da = torch.sqrt(torch.clamp(2.0 - 2.0 * best_in_b, min=0.0)).cpu()

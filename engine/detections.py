@@ -104,6 +104,22 @@ def on_dataset(dets: Detections, image_paths: dict[str, Path], root: str | Path,
     return replace(dets, data=str(Path(root).resolve()), category=category, items=items, errors={})
 
 
+def relocated(dets: Detections, moves: dict[Path, Path]) -> Detections:
+    """`dets` with the image paths under each key folder of `moves` moved under its value: detections a remote
+    engine made on its uploaded copy of a folder (key) named by the folder of this computer it was sent from."""
+    if not moves:
+        return dets
+    items = {}
+    for key, item in dets.items.items():
+        path = Path(item.path)
+        for there, here in moves.items():
+            if path.is_relative_to(there):
+                item = replace(item, path=str(Path(here) / path.relative_to(there)))
+                break
+        items[key] = item
+    return replace(dets, items=items)
+
+
 def write_detections(folder: str | Path, *, model: str | Path, classes: list[str], threshold: float, provider: str,
                      items: dict[str, DetectionItem], errors: dict[str, str] | None = None,
                      data: str | Path | None = None, category: str | None = None,

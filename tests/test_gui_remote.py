@@ -7,7 +7,9 @@
 * Model ▸ Train segmenter on masks drawn here: the exported annotated dataset travels, the segmenter loads;
 * the unified model: train on one product of a local plant folder, then add a second one;
 * Cancel on an upload's row stops it: nothing is submitted, and the banner says why;
-* a model folder that exists only here is uploaded too (it used to be refused).
+* a model folder that exists only here is uploaded too (it used to be refused);
+* Model ▸ Pretrain on unlabelled images: every folder of the pool (a list parameter) travels on its own, and the
+  pseudo boxes the engine made on its copies show as proposals on the images here.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
 from app.gui.engine_link import EngineSettings
-from app.gui.uploads import Upload, local_folders
+from app.gui.uploads import Upload, local_folders, with_refs
 from engine.client import JobView
 from engine.errors import DefectScopeError
 from tests import test_gui_job_outcomes as outcomes
@@ -80,6 +82,16 @@ def test_which_parameters_travel(tmp_path):
     assert send == {} and params == {"model": "upload:abc/m", "data": "/srv/on/the/engine"}
     with pytest.raises(DefectScopeError, match=r"params\.checkpoint: .*sam\.pt is a file on this computer"):
         local_folders("import_sam", {"checkpoint": str(checkpoint)}, refs.get)
+    # a list parameter: each local folder of it travels on its own and its ref goes back in its place
+    pool = {"pool": [str(data), "/srv/pool", str(model)], "exclude": [], "scorer": "mutual"}
+    params, send = local_folders("pseudo_boxes", pool, lambda p: refs.get(p.resolve()))
+    assert send == {"pool[0]": data.resolve()}
+    assert params == {"pool": [str(data), "/srv/pool", "job:0123456789ab/model"], "exclude": [], "scorer": "mutual"}
+    assert with_refs(params, {"pool[0]": "upload:u1/set"})["pool"] == ["upload:u1/set", "/srv/pool",
+                                                                        "job:0123456789ab/model"]
+    assert params["pool"][0] == str(data)  # with_refs leaves the submitted params as they were
+    with pytest.raises(DefectScopeError, match=r"params\.pool\[1\]: .*sam\.pt is a file"):
+        local_folders("pseudo_boxes", {"pool": [str(data), str(checkpoint)]}, refs.get)
 
 
 def test_cancel_an_upload_submits_nothing_and_says_why(qtbot, window, remote_engine, tmp_path):
@@ -240,3 +252,41 @@ def test_add_a_product_to_a_unified_model_on_a_remote_engine(qtbot, window, tmp_
     second = step(["wood"])  # the newest unified model is preselected: a resume by its job ref
     assert second.refs["resume"] == f"job:{first.id}/model"
     assert second.result["products"] == ["washer", "wood"]
+
+
+def test_pretrain_pool_folders_travel_and_proposals_show_here(qtbot, window, tmp_path, remote_engine):
+    pytest.importorskip("torch", reason="mutual scoring needs torch")
+    import shutil
+
+    from tests.test_detector_train import write_voc
+
+    url, data_root = remote_engine
+    w, pre, det = window, window.pretraining, window.detection
+    root = write_voc(tmp_path / "shapes", {"train": 10, "val": 2, "test": 4}, seed=5)
+    extra = tmp_path / "line-camera"  # a second folder of unlabelled images
+    extra.mkdir()
+    for image in sorted(write_voc(tmp_path / "more", {"train": 6}, seed=6).glob("JPEGImages/*.png")):
+        shutil.copy(image, extra / image.name)
+    _connect(qtbot, window, url)
+    open_and_wait(qtbot, w, root)
+    seen = _seen_uploads(w)
+    pre.dialog_params = {"pool": [str(root), str(extra)], "scorer": "mutual", "exclude": [str(root)],
+                         "references": 4, "device": "cpu"}
+    with qtbot.waitSignal(det.detections_loaded, timeout=300_000):
+        pre.start()
+    assert {u.param for u in seen} == {"pool[0]", "pool[1]", "exclude[0]"}
+    job = next(j for j in w.link.jobs if j.kind == "pseudo_boxes")
+    engine_dir = _engine_dir(data_root)
+    assert [Path(p).name for p in job.params["pool"]] == ["shapes", "line-camera"]
+    assert all(Path(p).is_relative_to(engine_dir) for p in job.params["pool"]), job.params["pool"]
+    # the engine's boxes are on its copies; shown here on the open dataset's own images, none on its test split
+    shown = det.detections
+    assert shown.items and set(shown.items) <= set(w.samples) and shown.is_for(root, None)
+    assert all(Path(item.path).is_relative_to(root) for item in shown.items.values())
+    test_keys = {k for k, s in w.samples.items() if s.split == "test"}
+    assert not set(shown.items) & test_keys
+    pool = json.loads((Path(job.params["out"]) / "pool.json").read_text())
+    assert pool["excluded"]["count"] == len(test_keys)
+    for j in w.link.jobs:  # the rest of the chain is the local test's business
+        if not j.done:
+            w.link.cancel(j.id)

@@ -58,7 +58,16 @@ from app.gui.engine_settings import (  # noqa: F401  (re-exported: the link's se
 )
 from app.gui.local_engine import ENGINE_LOG, Launch, engine_command, start_local_engine  # noqa: F401
 from app.gui.tasks import background_executor, post_to_gui, run_in_background
-from app.gui.uploads import CANCELLED, FAILED, SENT, Upload, count_files, local_folders, send_folder
+from app.gui.uploads import (
+    CANCELLED,
+    FAILED,
+    SENT,
+    Upload,
+    count_files,
+    local_folders,
+    send_folder,
+    with_refs,
+)
 from engine.client import JobView
 from engine.errors import DefectScopeError
 from engine.home import default_data_home
@@ -422,7 +431,7 @@ class EngineLink(QObject):
 
         def sent(refs: dict[str, str]) -> None:
             self._end_uploads(uploads, SENT)
-            self._call(lambda c: c.submit(kind, {**params, **refs}), done, on_error)
+            self._call(lambda c: c.submit(kind, with_refs(params, refs)), done, on_error)
 
         def failed(message: str) -> None:
             self._end_uploads(uploads, CANCELLED if cancel.is_set() else FAILED)
@@ -452,7 +461,7 @@ class EngineLink(QObject):
 
     def _send(self, url: str, token: str, verify: bool | str, uploads: list[Upload],
               guard: Callable[[], bool]) -> dict[str, str]:
-        """Runs on a pool thread: each folder to the engine, in turn; {param: "upload:<id>/<name>"}."""
+        """Runs on a pool thread: each folder to the engine, in turn; {slot: "upload:<id>/<name>"}."""
         refs: dict[str, str] = {}
         with LinkClient(url, token or None, timeout=UPLOAD_TIMEOUT_S, verify=verify) as client:
             for upload in uploads:

@@ -34,7 +34,7 @@ class Upload:
     """One local folder on its way to the engine, as the Jobs panel shows it (updated on the GUI thread)."""
 
     kind: str  # the job kind it is sent for
-    param: str  # the path parameter it fills
+    param: str  # the path parameter it fills ("pool[2]": item 2 of a list parameter)
     folder: Path
     cancel: threading.Event = field(repr=False, compare=False)  # shared by every upload of one submit
     id: str = field(default_factory=lambda: f"upload-{next(_ids)}")
@@ -72,11 +72,13 @@ def is_engine_ref(value: object) -> bool:
 
 def local_folders(kind: str, params: dict[str, Any], ref_for: Callable[[Path], str | None],
                   ) -> tuple[dict[str, Any], dict[str, Path]]:
-    """(params with the engine's own outputs named by ref, {param: local folder to upload}).
+    """(params with the engine's own outputs named by ref, {slot: local folder to upload}).
 
-    `ref_for(folder)` names a folder downloaded from this engine's jobs (None for any other). A value that does
-    not exist here is left as it is: a path on the engine, typed by the user. A local file is refused: only
-    folders travel (the engine resolves an upload reference to a folder).
+    A slot is the parameter's name, or "name[i]" for item i of a list parameter (several pool folders): each
+    folder travels on its own and `with_refs` puts its reference back in its place. `ref_for(folder)` names a
+    folder downloaded from this engine's jobs (None for any other). A value that does not exist here is left as
+    it is: a path on the engine, typed by the user. A local file is refused: only folders travel (the engine
+    resolves an upload reference to a folder).
     """
     spec = job_kinds().get(kind)
     if spec is None:  # unknown to this client: the engine answers with its own clear refusal
@@ -84,21 +86,46 @@ def local_folders(kind: str, params: dict[str, Any], ref_for: Callable[[Path], s
     out, send = dict(params), {}
     for name in spec.path_params:
         value = params.get(name)
-        if not isinstance(value, str) or not value or is_engine_ref(value):
-            continue
-        path = Path(value).expanduser()
-        if not path.exists():
-            continue
-        ref = ref_for(path)
-        if ref is not None:
-            out[name] = ref
-        elif path.is_dir():
-            send[name] = path.resolve()
+        if isinstance(value, list):
+            items = list(value)
+            for i, item in enumerate(items):
+                items[i] = _place(f"{name}[{i}]", item, ref_for, send)
+            out[name] = items
         else:
-            raise DefectScopeError(
-                f"params.{name}: {value} is a file on this computer; a remote engine is sent folders only "
-                "(put it in a folder of its own, or give a path on the engine)")
+            out[name] = _place(name, value, ref_for, send)
+        if name not in params:
+            del out[name]
     return out, send
+
+
+def _place(slot: str, value: object, ref_for: Callable[[Path], str | None], send: dict[str, Path]) -> object:
+    """One path value: kept, replaced by the engine's ref, or noted in `send` under its slot."""
+    if not isinstance(value, str) or not value or is_engine_ref(value):
+        return value
+    path = Path(value).expanduser()
+    if not path.exists():
+        return value
+    ref = ref_for(path)
+    if ref is not None:
+        return ref
+    if not path.is_dir():
+        raise DefectScopeError(
+            f"params.{slot}: {value} is a file on this computer; a remote engine is sent folders only "
+            "(put it in a folder of its own, or give a path on the engine)")
+    send[slot] = path.resolve()
+    return value
+
+
+def with_refs(params: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
+    """The params with each uploaded slot ("name" or "name[i]") replaced by its "upload:..." reference."""
+    out = {k: list(v) if isinstance(v, list) else v for k, v in params.items()}
+    for slot, ref in refs.items():
+        name, _, index = slot.partition("[")
+        if index:
+            out[name][int(index.rstrip("]"))] = ref
+        else:
+            out[name] = ref
+    return out
 
 
 def count_files(folder: Path) -> int:

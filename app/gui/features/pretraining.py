@@ -19,7 +19,7 @@ from PySide6.QtWidgets import QDialog
 from app.gui.features.base import Feature, MenuEntry
 from app.gui.pretrain_dialog import PretrainDialog
 from engine.client import JobView
-from engine.detections import Detections, on_dataset, read_detections
+from engine.detections import Detections, on_dataset, read_detections, relocated
 from engine.pseudo_pool_format import COCO_DIR
 from engine.server.layout import artifact_ref
 
@@ -41,6 +41,7 @@ class PretrainingFeature(Feature):
         self.dialog_params: dict[str, Any] | None = None  # set by tests instead of the dialog
         self.job_overrides: dict[str, dict[str, Any]] = {}  # extra params per job kind (tests: short schedules)
         self.pool_dir: Path | None = None
+        self.pool_moves: dict[Path, Path] = {}  # engine's copy of a pool folder -> the folder here (remote engine)
         self.pretrained_ref: str | None = None  # what the next detector training starts from
         self.stage = ""
 
@@ -90,6 +91,7 @@ class PretrainingFeature(Feature):
         if not self._ok(job, "Scoring the unlabelled images"):
             return
         w = self.window
+        self.pool_moves = _uploaded_pool(w, job)
         w.link.fetch_artifact_dir(job, POOL_ARTIFACT, self._pool_ready,
                                   lambda msg: w.show_error(f"Cannot fetch the pseudo boxes: {msg}"))
         self._submit("pretrain_backbone", {"pool": artifact_ref(job.id, POOL_ARTIFACT)},
@@ -126,11 +128,11 @@ class PretrainingFeature(Feature):
             return
         if w.dataset is None:
             return
-        folder, root, category = self.pool_dir, w.dataset.root, w.category
+        folder, root, category, moves = self.pool_dir, w.dataset.root, w.category, dict(self.pool_moves)
         paths = {key: s.image_path for key, s in w.samples.items()}
 
         def load() -> Detections:
-            return on_dataset(read_detections(folder), paths, root, category)
+            return on_dataset(relocated(read_detections(folder), moves), paths, root, category)
 
         def show(dets: Detections) -> None:
             if not dets.items:
@@ -139,3 +141,14 @@ class PretrainingFeature(Feature):
             w.detection.show_detections(dets)
 
         w.background(load, show, w.show_error)
+
+
+def _uploaded_pool(w: MainWindow, job: JobView) -> dict[Path, Path]:
+    """{the engine's copy of a pool folder: the folder of this computer it was uploaded from} (remote engines)."""
+    pool = job.params.get("pool")
+    moves = {}
+    for i, there in enumerate(pool if isinstance(pool, list) else []):
+        here = w.link.local_source(job, f"pool[{i}]")
+        if here is not None and isinstance(there, str):
+            moves[Path(there)] = here
+    return moves

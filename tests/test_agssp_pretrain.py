@@ -70,6 +70,28 @@ def test_pretraining_learns_the_maps_and_a_detector_starts_from_it(tmp_path: Pat
     assert info["classes_reused"] is False
     loaded = fresh.state_dict()
     assert all(torch.equal(loaded[k], saved["state"][k]) for k in changed)
+    assert info["tensors_loaded"] == len(saved["state"])
+
+    # a state that would load only in part is refused naming its file, never a silent ImageNet start
+    from engine.errors import ModelError
+
+    def variant(name: str, state: dict) -> str:
+        (tmp_path / name).mkdir()
+        torch.save({**saved, "state": state}, tmp_path / name / STATE_FILE)
+        return str(tmp_path / name)
+
+    renamed = {f"backbone.{k}": v for k, v in saved["state"].items()}
+    partial = {k: v for k, v in saved["state"].items() if not k.startswith("trunk.stage5.")}
+    key = next(iter(changed))
+    reshaped = {**saved["state"], key: torch.zeros(3)}
+    for name, state, why in (("renamed", renamed, "unexpected"), ("partial", partial, "missing"),
+                             ("reshaped", reshaped, "do not fit")):
+        with pytest.raises(ModelError, match=rf"{name}/{STATE_FILE}: .*{why}"):
+            _load_init(Detector(DetectorArch("efficientnet-lite0", 2, 128)), variant(name, state), ["a", "b"])
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / STATE_FILE).write_bytes(b"not a torch file")
+    with pytest.raises(ModelError, match=rf"garbage/{STATE_FILE}: not a detector state"):
+        _load_init(fresh, str(tmp_path / "garbage"), ["a", "b"])
 
 
 def test_pretraining_without_readable_images_is_a_clear_error(tmp_path: Path) -> None:

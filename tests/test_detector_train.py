@@ -209,7 +209,11 @@ def test_job_and_cli(tiny_set: Path, trained: tuple[Path, dict], tmp_path: Path,
                                         "batch_size": 4, "image_size": 128, "device": "cpu", "init": str(run)})
     meta = json.loads((tmp_path / "job" / fmt.METADATA_FILE).read_text())
     assert result["run_dir"] == str(tmp_path / "job")
-    assert meta["training"]["init"] == {"from": str(run), "classes_reused": True}
+    from trainers.detector.export import STATE_FILE
+
+    saved = torch.load(run / STATE_FILE, weights_only=True)
+    assert meta["training"]["init"] == {"from": str(run), "classes_reused": True,
+                                        "tensors_loaded": len(saved["state"])}
     assert meta["training"]["steps"] == 4  # 6 training images in batches of 4: two steps an epoch, two epochs
 
     code = main(["train", "detector", "--data", str(tiny_set), "--out", str(tmp_path / "cli"), "--epochs", "1",

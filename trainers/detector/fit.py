@@ -141,21 +141,38 @@ def build_cache(det: Detector, samples: list, views: int, rng: np.random.Generat
 
 
 def _load_init(det: Detector, init: str, classes: list[str]) -> dict[str, Any]:
+    """Load a detector run's (or a pretrained backbone's) weights; refuses, naming the file, a state that would
+    load only in part, so an initialisation never silently falls back to ImageNet."""
     path = Path(init) / STATE_FILE
     if not path.is_file():
         raise ModelError(f"--init {init}: no {STATE_FILE} there (give a detector run folder, or 'imagenet')")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    arch = saved.get("arch", {})
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        arch, state = saved.get("arch", {}), dict(saved["state"])
+    except Exception as exc:  # unreadable, not a dict, or no "state": not a DefectScope detector state
+        raise ModelError(f"{path}: not a detector state ({exc.__class__.__name__}: {exc})") from None
     for key in ("backbone", "width"):
         if arch.get(key) != getattr(det.arch, key):
             raise ModelError(f"--init {init}: its {key} is {arch.get(key)!r}, this training uses "
                              f"{getattr(det.arch, key)!r}")
-    state = dict(saved["state"])
     same_classes = list(saved.get("classes", [])) == list(classes)
     if not same_classes:  # other classes: keep everything but the class layer, which starts afresh
         state = {k: v for k, v in state.items() if not k.startswith("head.cls.")}
-    det.load_state_dict(state, strict=False)
-    return {"from": str(init), "classes_reused": same_classes}
+    try:
+        result = det.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that differ (e.g. another FPN width)
+        raise ModelError(f"{path}: its tensors do not fit this detector ({str(exc).splitlines()[0]})") from None
+    # What may be missing: the class layer when the classes differ, and FPN and head of a trunk-only state
+    # (a pretrained backbone); the trunk must load whole.
+    allowed = ["head.cls."] if not same_classes else []
+    if not any(k.startswith("fpn.") for k in state):
+        allowed += ["fpn.", "head."]
+    missing = [k for k in result.missing_keys if not k.startswith(tuple(allowed))]
+    if result.unexpected_keys or missing:
+        names = (result.unexpected_keys + missing)[:3]
+        raise ModelError(f"{path}: does not match this detector ({len(result.unexpected_keys)} unexpected and "
+                         f"{len(missing)} missing tensors, e.g. {', '.join(names)})")
+    return {"from": str(init), "classes_reused": same_classes, "tensors_loaded": len(state)}
 
 
 def label_subset(samples: list, fraction: float, seed: int) -> list:

@@ -95,14 +95,15 @@ def pretrain(out: Path, stored: dict) -> dict[str, str]:
     return {"imagenet": "imagenet", "agbp": str(agbp), "agdp": str(agdp)}
 
 
-def finetune(out: Path, init_name: str, init: str, fraction: float, seed: int) -> dict:
+def finetune(out: Path, init_name: str, init: str, fraction: float, seed: int, before: dict | None = None) -> dict:
+    """One few-label run (reused when its folder is complete: `before`, its stored row, keeps its timings)."""
     run = out / "runs" / f"{init_name}_f{fraction:g}_s{seed}"
     if not (run / "detector.json").is_file():
         cmd = [*CLI, "train", "detector", "--data", str(NEU), "--label-fraction", str(fraction), "--seed",
                str(seed), "--init", init, "--out", str(run)]
         wall, peak = _run(cmd, f"train {init_name} {fraction:g} seed {seed}")
     else:
-        wall, peak = 0.0, 0.0
+        wall, peak = (before or {}).get("train_s", 0.0), (before or {}).get("peak_gb", 0.0)
     report = run / "eval_report.json"
     _run([*CLI, "eval", "--model", str(run), "--data", str(NEU), "--report", str(report)], "eval")
     r = json.loads(report.read_text())
@@ -190,8 +191,9 @@ def main() -> int:
         for fraction in (float(f) for f in args.fractions.split(",")):
             for seed in (int(s) for s in args.seeds.split(",")):
                 for init in inits:
-                    row = finetune(out, init, paths[init], fraction, seed)
-                    stored["runs"][f"{init}_f{fraction:g}_s{seed}"] = row
+                    name = f"{init}_f{fraction:g}_s{seed}"
+                    row = finetune(out, init, paths[init], fraction, seed, stored["runs"].get(name))
+                    stored["runs"][name] = row
                     STORE.write_text(json.dumps(stored, indent=2) + "\n")
                     print(json.dumps(row), flush=True)
                     write_results(Path(args.results), stored)

@@ -113,9 +113,13 @@ def relocated(dets: Detections, moves: dict[Path, Path]) -> Detections:
     for key, item in dets.items.items():
         path = Path(item.path)
         for there, here in moves.items():
-            if path.is_relative_to(there):
-                item = replace(item, path=str(Path(here) / path.relative_to(there)))
-                break
+            for engine_side in dict.fromkeys((Path(there), Path(there).resolve())):  # the pool's paths are resolved
+                if path.is_relative_to(engine_side):
+                    item = replace(item, path=str(Path(here) / path.relative_to(engine_side)))
+                    break
+            else:
+                continue
+            break
         items[key] = item
     return replace(dets, items=items)
 

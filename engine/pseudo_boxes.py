@@ -112,10 +112,11 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
 
 def is_elongated(contour: np.ndarray, rule: BoxRule, scale: float = 1.0) -> bool:
     """Whether a contour is a thin, long shape (a scratch): its minimum-area rectangle's long side is at least
-    `rule.elongation` times its short side (a one-pixel line has short side 0, counted as 1) and at least
-    `rule.min_length_px` (times `scale` when the map is worked on scaled)."""
+    `rule.elongation` times its short side and at least `rule.min_length_px` (times `scale` when the map is
+    worked on scaled). Sides are in pixels covered: the rectangle runs through pixel centres, so a line of 10
+    pixels is 9 long there (and 0 wide), 10 x 1 here."""
     (_, _), (w, h), _ = cv2.minAreaRect(contour)
-    long_side, short_side = max(w, h), max(min(w, h), 1.0)
+    long_side, short_side = max(w, h) + 1.0, min(w, h) + 1.0
     return long_side >= rule.elongation * short_side and long_side >= rule.min_length_px * scale
 
 
@@ -147,6 +148,8 @@ def boxes_from_map(amap: np.ndarray, threshold: float, rule: BoxRule,
     contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     boxes, scores = [], []
     for contour in contours:
+        # The published rule's area (cv2.contourArea, through pixel centres: a thin scratch has ~0) plus the
+        # elongated-shape rule that keeps such scratches.
         if cv2.contourArea(contour) < min_area and not is_elongated(contour, rule, np.sqrt(sx * sy)):
             continue
         x, y, bw, bh = cv2.boundingRect(contour)

@@ -36,6 +36,11 @@ def test_a_thin_scratch_is_kept_where_the_area_rule_alone_drops_it():
     assert (x0, y0) == (200, 300) and (x1, y1) == (501, 341)
     # the published rule (area only) loses it: an elongation no contour reaches switches the shape rule off
     assert len(boxes_from_map(amap, 0.5, BoxRule(elongation=1e9)).boxes) == 0
+    # a straight 10-px line is 10 px long (not the 9 between its end pixels' centres): kept at min_length_px 10
+    line = np.zeros((100, 100), np.float32)
+    line[50, 20:30] = 1.0
+    assert len(boxes_from_map(line, 0.5, BoxRule(min_length_px=10)).boxes) == 1
+    assert len(boxes_from_map(line, 0.5, BoxRule(min_length_px=11)).boxes) == 0
 
 
 def test_a_tiny_speck_is_dropped_and_a_blob_is_kept_with_the_map_max_inside_as_score():

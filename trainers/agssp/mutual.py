@@ -32,6 +32,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import psutil
 import torch
 import torch.nn.functional as F
 
@@ -196,6 +197,7 @@ def mutual_maps(images: Sequence[str | Path], groups: Sequence[str], cfg: Mutual
         valid[i, : gh * gw] = True
     padded = not bool(valid[[i for i in range(len(images)) if i not in errors]].all())
     # dist[i, r, p]: distance of image i's patch p to its nearest patch in i's r-th reference
+    _check_memory(len(images) * r_max * pmax * 4, len(images), r_max)
     dist = torch.full((len(images), r_max, pmax), float("inf"), dtype=torch.float32)
     slot = np.zeros(len(images), np.int64)
     pair_arr = np.asarray(pairs, np.int64).reshape(-1, 2)
@@ -242,3 +244,13 @@ def mutual_maps(images: Sequence[str | Path], groups: Sequence[str], cfg: Mutual
                             "max": r_max},
              "device": str(device), "torch_threads": torch.get_num_threads(), "config": cfg.to_dict()}
     return maps, errors, stats
+
+
+def _check_memory(nbytes: int, n_images: int, references: int) -> None:
+    """Refuse, before allocating, a distance table that would not fit: the OS would kill the job without a word."""
+    available = psutil.virtual_memory().available
+    if nbytes > 0.8 * available:
+        raise DefectScopeError(
+            f"mutual scoring of {n_images} images against {references} references each needs "
+            f"{nbytes / 2**30:.1f} GiB for its distance table, {available / 2**30:.1f} GiB is free: lower "
+            "'references', or split the pool into several runs")

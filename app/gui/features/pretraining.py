@@ -94,7 +94,7 @@ class PretrainingFeature(Feature):
         self.pool_moves = _uploaded_pool(w, job)
         w.link.fetch_artifact_dir(job, POOL_ARTIFACT, self._pool_ready,
                                   lambda msg: w.show_error(f"Cannot fetch the pseudo boxes: {msg}"))
-        self._submit("pretrain_backbone", {"pool": artifact_ref(job.id, POOL_ARTIFACT)},
+        self._submit("pretrain_backbone", {"pool": artifact_ref(job.id, POOL_ARTIFACT), **self._detector_shape()},
                      lambda j: self._on_backbone(j, job.id), "Pretraining the backbone")
 
     def _on_backbone(self, job: JobView, pool_job: str) -> None:
@@ -102,8 +102,14 @@ class PretrainingFeature(Feature):
             return
         # the pool's pseudo boxes as a COCO set, named inside the pseudo_boxes artifact
         self._submit("train_detector", {"data": artifact_ref(pool_job, f"{POOL_ARTIFACT}/{COCO_DIR}"),
-                                         "init": artifact_ref(job.id, BACKBONE_ARTIFACT), **DETECTOR_PRETRAIN},
+                                         "init": artifact_ref(job.id, BACKBONE_ARTIFACT), **DETECTOR_PRETRAIN,
+                                         **self._detector_shape()},
                      self._on_detector, "Pretraining the detector on the pseudo boxes")
+
+    def _detector_shape(self) -> dict[str, Any]:
+        """The backbone and input size the user's next detector training uses: the pretrained trunk must match."""
+        params = self.window.detection.detector_job_params
+        return {k: params[k] for k in ("backbone", "image_size") if k in params}
 
     def _on_detector(self, job: JobView) -> None:
         if not self._ok(job, "Detector pretraining"):

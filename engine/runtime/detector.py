@@ -11,7 +11,10 @@ detectors unchanged.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +29,22 @@ from engine.runtime.tiling import merge_detections, tile_windows
 
 Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [N, 4] float32, scores [N] float32, classes [N] int64
 TILE_ABOVE = 2.0  # images whose long side exceeds this many input sizes are also run tile by tile
+# Each pass runs on one ORT thread and a tiled image's passes run side by side: a detector graph is small enough
+# that ORT's intra-op threads barely help one pass (14.4 ms on 1 or 2 threads, 2-core EPYC), while two passes at
+# once nearly double the throughput (10 passes of a 640-px image: 138 -> 78 ms; benchmarks/RESULTS.md).
+PASS_THREADS = 1
+_pass_pool: ThreadPoolExecutor | None = None
+_pass_pool_lock = threading.Lock()
+
+
+def _passes() -> ThreadPoolExecutor:
+    """The process's pool for the passes of tiled images (one worker per core), made on first use."""
+    global _pass_pool
+    with _pass_pool_lock:
+        if _pass_pool is None:
+            _pass_pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1),
+                                            thread_name_prefix="detector-pass")
+        return _pass_pool
 
 
 class DetectorGraph(Protocol):
@@ -88,7 +107,7 @@ class OwnGraph:
     def __init__(self, info: ModelInfo, settings: DetectorSettings, device: str) -> None:
         path = info.folder / fmt.MODEL_FILE
         try:
-            self.session, self.provider = create_session(path, device)
+            self.session, self.provider = create_session(path, device, threads=PASS_THREADS)
         except Exception as exc:
             raise ModelError(f"{path}: ONNX Runtime cannot load the detector ({exc})") from None
         inputs = [i.name for i in self.session.get_inputs()]
@@ -150,15 +169,18 @@ class Detector:
         image = _rgb8(image)
         h, w = image.shape[:2]
         s = self.settings
-        passes = [self.graph.run(image)]
-        if self.needs_tiles(h, w):
+        if not self.needs_tiles(h, w):
+            passes = [self.graph.run(image)]
+        else:
             note = (f"images larger than {TILE_ABOVE:g} x the input size ({s.input_size} px) are also searched "
                     "tile by tile at full resolution")
             if note not in self.notes:
                 self.notes.append(note)
-            for x0, y0, x1, y1 in tile_windows(h, w, s.input_size):
-                boxes, scores, classes = self.graph.run(np.ascontiguousarray(image[y0:y1, x0:x1]))
-                passes.append((boxes + np.array([x0, y0, x0, y0], np.float32), scores, classes))
+            windows = [(0, 0, w, h), *tile_windows(h, w, s.input_size)]  # the whole image, then its tiles
+            crops = [image, *(np.ascontiguousarray(image[y0:y1, x0:x1]) for x0, y0, x1, y1 in windows[1:])]
+            passes = [(boxes + np.array([x0, y0, x0, y0], np.float32), scores, classes)
+                      for (x0, y0, _, _), (boxes, scores, classes)
+                      in zip(windows, _passes().map(self.graph.run, crops), strict=True)]
         boxes = np.concatenate([p[0] for p in passes]).reshape(-1, 4)
         scores = np.concatenate([p[1] for p in passes])
         classes = np.concatenate([p[2] for p in passes])

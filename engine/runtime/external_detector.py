@@ -30,6 +30,7 @@ import numpy as np
 
 from engine.errors import ModelError
 from engine.runtime import detector_format as fmt
+from engine.runtime.detector import PASS_THREADS
 from engine.runtime.model_format import ModelInfo
 from engine.runtime.session import create_session
 from engine.runtime.tiling import merge_detections
@@ -110,7 +111,7 @@ class ExternalGraph:
         self.transposed = bool(out.get("transposed", False))
 
         try:
-            self.session, self.provider = create_session(onnx_path, device)
+            self.session, self.provider = create_session(onnx_path, device, threads=PASS_THREADS)
         except Exception as exc:
             raise ModelError(f"{onnx_path}: ONNX Runtime cannot load the detector ({exc})") from None
         names = [i.name for i in self.session.get_inputs()]

@@ -79,7 +79,7 @@ def pretrain(out: Path, stored: dict) -> dict[str, str]:
                "--out", str(pool)]
         wall, peak = _run(cmd, "pseudo boxes")
         meta = json.loads((pool / "pool.json").read_text())
-        steps["pseudo_boxes"] = {"seconds": round(wall, 1), "peak_gb": round(peak, 2),
+        steps["pseudo_boxes"] = {"seconds": round(wall, 1), "peak_gb": round(peak, 2), "by_set": pool_breakdown(pool),
                                  "n_images": len(meta["images"]), "n_boxes": meta.get("n_boxes"),
                                  "excluded": meta.get("excluded"), "scorer": meta.get("scorer")}
     if not (agbp / "backbone_pretrain.json").is_file():
@@ -133,6 +133,22 @@ def detector_benchmark_row() -> dict | None:
             "measured": row.get("measured", "?"), "reference": True}
 
 
+def pool_breakdown(pool: Path) -> dict[str, dict[str, int]]:
+    """Images, pseudo boxes and images with a box per source set of the pool (where the boxes went)."""
+    from engine.detections import read_detections
+
+    dets = read_detections(pool)
+    out: dict[str, dict[str, int]] = {}
+    for item in dets.items.values():
+        path = Path(item.path)
+        name = path.relative_to(SHARED).parts[0] if path.is_relative_to(SHARED) else "demo surfaces"
+        row = out.setdefault(name, {"images": 0, "boxes": 0, "boxed": 0})
+        row["images"] += 1
+        row["boxes"] += len(item.boxes)
+        row["boxed"] += int(len(item.boxes) > 0)
+    return out
+
+
 def write_results(path: Path, stored: dict) -> None:
     runs = list(stored.get("runs", {}).values())
     reference = None
@@ -179,8 +195,16 @@ def write_results(path: Path, stored: dict) -> None:
     pre = stored.get("pretraining", {})
     if pre:
         pb = pre.get("pseudo_boxes", {})
-        lines.append(f"- Pool: {pb.get('n_images')} images ({pb.get('excluded')} excluded as NEU-DET test images), "
+        excluded = pb.get("excluded") or {}
+        lines.append(f"- Pool: {pb.get('n_images')} images ({excluded.get('count')} files excluded as copies of the "
+                     f"{excluded.get('test_images')} NEU-DET test images, by path and content), "
                      f"{pb.get('n_boxes')} pseudo boxes, scorer {pb.get('scorer')}, {pb.get('seconds', 0) / 60:.1f} min.")
+        split = pb.get("by_set") or {}
+        if split:
+            lines.append("- Where the pseudo boxes went: " + "; ".join(
+                f"{name} {r['boxes']} boxes on {r['boxed']} of {r['images']} images" for name, r in split.items())
+                + ". The rule thresholds the whole pool at once, so defect-free sets (magnetic tile's good training "
+                  "images) get boxes too.")
         if "agbp" in pre:
             last = (pre["agbp"].get("loss_history") or [{}])[-1]
             lines.append(f"- AGBP: {pre['agbp']['steps']} steps, {pre['agbp']['seconds'] / 60:.1f} min; last epoch "

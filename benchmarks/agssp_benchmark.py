@@ -187,7 +187,12 @@ def write_results(path: Path, stored: dict) -> None:
                     verdict = f" (target >= +{TARGET_GAIN_10 * 100:.0f} points: {'met' if gain >= TARGET_GAIN_10 else 'NOT met'})"
                 if f >= 1.0 and init == "agdp":
                     verdict = f" (target: not worse: {'met' if gain >= 0 else 'NOT met'})"
-                lines.append(f"- {f:.0%} labels, {init} vs ImageNet: {gain * 100:+.1f} points mAP@[.5:.95]{verdict}")
+                paired = [r["map50_95"] - b["map50_95"] for r in runs for b in runs
+                          if r["fraction"] == f and b["fraction"] == f and r["init"] == init
+                          and b["init"] == "imagenet" and r["seed"] == b["seed"]]
+                per_seed = (" (per seed: " + ", ".join(f"{d * 100:+.1f}" for d in paired) + ")") if paired else ""
+                lines.append(f"- {f:.0%} labels, {init} vs ImageNet: {gain * 100:+.1f} points mAP@[.5:.95]"
+                             f"{per_seed}{verdict}")
     if reference:
         lines.append(f"- ImageNet at 100% labels is the detector benchmark's NEU-DET run of {reference['measured']} "
                      "(`train detector --data neu_det` with the job's defaults: the same command as this protocol's "

@@ -124,6 +124,8 @@ def cmd_pseudo_boxes(args: argparse.Namespace) -> int:
     result = run_job("pseudo_boxes", params, _progress_printer("pseudo-boxes"))
     print(f"pseudo boxes written to {result['out']}: {pool_summary(read_pool(result['out']))}, "
           f"{result['seconds']:.0f} s")
+    for warning in result.get("warnings") or []:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

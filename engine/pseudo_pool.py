@@ -27,12 +27,14 @@ import numpy as np
 
 from engine.datasets.detection import load_detection_set
 from engine.datasets.imageio import image_size, is_image_file, read_image
+from engine.datasets.registry import detect_format
 from engine.errors import DatasetError, DefectScopeError, ModelError
 from engine.pseudo_boxes import CoarseMap
 
 # A model's full-size map is kept at most this large on its long side until boxes are made (the exported models
 # compute maps at 256 px and blur them, so nothing finer is lost); a 3000-image pool then fits in memory.
 MODEL_MAP_SIDE = 256
+PLAIN_FOLDER = "folder"  # the registry's name for a folder of images in no labelled layout
 
 
 def file_sha1(path: str | Path) -> str:
@@ -104,6 +106,7 @@ class Pool:
     duplicates: int = 0  # images dropped as the same path or the same content as an earlier one
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> reason
     empty_folders: list[str] = field(default_factory=list)  # given folders that added no image
+    warnings: list[str] = field(default_factory=list)  # e.g. a labelled dataset in the pool that is not excluded
 
     def group_sizes(self) -> dict[str, int]:
         sizes = dict.fromkeys(self.group_roots, 0)
@@ -178,7 +181,32 @@ def assemble_pool(folders: Sequence[str | Path], exclude: Sequence[str | Path] =
         raise DatasetError(f"no usable images in the pool ({where})"
                            + (f": {pool.excluded_count} were evaluation images" if pool.excluded_count else ""))
     check_excluded(pool.images, excluded)
+    pool.warnings = [f"{root}: a labelled dataset with a test split is in the pool but not excluded; if its test "
+                     f"images will evaluate a detector, add it to exclude (--exclude {root})"
+                     for root in labelled_sets_not_excluded(list(pool.group_roots.values()), excluded)]
     return pool
+
+
+def labelled_sets_not_excluded(folders: Sequence[Path], excluded: ExcludedImages) -> list[str]:
+    """Pool folders that are, or lie at most two levels inside, a labelled dataset with a test split that no
+    exclude root covers: the evaluation images a user most likely forgot to keep out (NEU-DET's images/ without
+    --exclude). Only folders in a labelled layout are loaded (a plain folder of images is not one)."""
+    covered = [Path(s) for s in excluded.sources]
+    found: list[str] = []
+    for folder in folders:
+        for candidate in (folder.parent.parent, folder.parent, folder):  # outermost first: the set's own root
+            if str(candidate) in found or any(candidate.is_relative_to(c) or c.is_relative_to(candidate)
+                                              for c in covered):
+                continue
+            try:
+                if detect_format(candidate) == PLAIN_FOLDER:
+                    continue
+                if load_detection_set(candidate).select("test"):
+                    found.append(str(candidate))
+                    break
+            except DatasetError:
+                continue
+    return found
 
 
 def model_maps(model_dir: str | Path, images: Sequence[Path], device: str = "auto",

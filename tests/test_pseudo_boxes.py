@@ -197,8 +197,14 @@ def test_a_renamed_copy_of_a_test_image_is_dropped_and_the_final_check_catches_a
     assert len([p for p in pool.images if p.parent == pool_dir.resolve()]) == len(keep)
     assert pool.excluded.sources == (str(eval_set.resolve()),)
 
+    assert pool.warnings == []
+
     # Without the exclusion the copy is an ordinary pool image; the check then refuses the pool.
     unchecked = assemble_pool([pool_dir])
+    assert unchecked.warnings == []  # a plain folder of copies: nothing says it is a labelled set
+    forgotten = assemble_pool([test_dir])  # the labelled set's own test folder, no exclude: warned, naming its root
+    assert len(forgotten.warnings) == 1 and forgotten.warnings[0].startswith(f"{eval_set.resolve()}: a labelled")
+    assert f"--exclude {eval_set.resolve()}" in forgotten.warnings[0]
     assert pool_dir.resolve() / "innocent_name.png" in unchecked.images
     with pytest.raises(DefectScopeError, match=r"innocent_name\.png") as err:
         check_excluded(unchecked.images, excluded_test_images([eval_set]))

@@ -62,6 +62,7 @@ def pseudo_boxes_job(params: PseudoBoxesParams, progress: Progress) -> dict:
         "excluded": {"count": pool.excluded_count, "sources": list(pool.excluded.sources),
                      "test_images": len(pool.excluded.paths)},
         "duplicates": pool.duplicates, "unreadable": unreadable, "empty_folders": pool.empty_folders,
+        "warnings": pool.warnings,
         "norm": {"lo": result.norm.lo, "hi": result.norm.hi, "rule": "(m - lo) / (hi - lo), pool min and max"},
         "rule": rule.to_dict(), "provider": provider, "scoring": stats,
         "seed": params.seed, "references": params.references if scorer == MUTUAL else None,
@@ -79,4 +80,4 @@ def pseudo_boxes_job(params: PseudoBoxesParams, progress: Progress) -> dict:
     return {"out": str(Path(params.out).resolve()), "n_images": len(written.images), "n_boxes": result.n_boxes,
             "images_with_boxes": metadata["images_with_boxes"], "threshold": result.threshold,
             "excluded": pool.excluded_count, "unreadable": len(unreadable), "seconds": metadata["seconds"],
-            "scorer": scorer}
+            "scorer": scorer, "warnings": pool.warnings}

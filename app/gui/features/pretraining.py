@@ -91,6 +91,9 @@ class PretrainingFeature(Feature):
         if not self._ok(job, "Scoring the unlabelled images"):
             return
         w = self.window
+        warnings = (job.result or {}).get("warnings") or []
+        if warnings:  # e.g. a labelled set in the pool whose test images were not kept out
+            w.show_banner("Pseudo boxes: " + " ".join(warnings), "warning", tag="pretraining")
         self.pool_moves = _uploaded_pool(w, job)
         w.link.fetch_artifact_dir(job, POOL_ARTIFACT, self._pool_ready,
                                   lambda msg: w.show_error(f"Cannot fetch the pseudo boxes: {msg}"))

@@ -96,6 +96,24 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_open_detector(args: argparse.Namespace) -> int:
+    from app.param_options import check_params, params_from_args
+    from engine.jobs import run_job
+    from engine.jobs.kinds_detector import TrainOpenDetectorParams
+
+    params = check_params(TrainOpenDetectorParams, params_from_args(args, TrainOpenDetectorParams))
+    result = run_job("train_open_detector", params, _progress_printer("train"))
+    meta = result["metadata"]
+    tr, val = meta["training"], meta["validation"]
+    print(
+        f"open-set detector written to {result['run_dir']}: known classes {', '.join(meta['classes'])}, "
+        f"{tr['n_train_images']} training images, {tr['steps']} steps, {tr['seconds_total']:.1f} s on "
+        f"{tr['device']}; validation mAP@0.5 {val['map50'] if val['map50'] is None else round(val['map50'], 3)}; "
+        f"search other classes with --prompts FILE in eval / infer"
+    )
+    return 0
+
+
 def cmd_pretrain_backbone(args: argparse.Namespace) -> int:
     from app.param_options import check_params, params_from_args
     from engine.jobs import run_job
@@ -133,7 +151,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from engine.jobs import run_job
 
     params = {"model": args.model, "data": args.data, "category": args.category, "report": args.report,
-              "device": args.device}
+              "device": args.device, "prompts": args.prompts}
     r = run_job("eval", params, _progress_printer("eval"))
     print(r.get("summary") or _format_metrics(r))  # a detector's evaluation states its own metrics
     for note in r.get("notes") or []:
@@ -146,7 +164,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     from engine.infer import infer
 
-    summary = infer(args.model, args.inputs, args.out, device=args.device)
+    summary = infer(args.model, args.inputs, args.out, device=args.device, prompts=args.prompts)
     n_scored, n_ng = len(summary["results"]), summary["n_ng"]
     print(summary.get("summary") or f"{n_scored} images scored on {summary['provider']}: {n_ng} NG, "
           f"{n_scored - n_ng} OK; heatmaps and scores.json in {args.out}")
@@ -394,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.jobs.kinds import EvalParams, TrainAnomalyParams
     from engine.jobs.kinds_agssp import PseudoBoxesParams
     from engine.jobs.kinds_agssp_pretrain import PretrainBackboneParams
-    from engine.jobs.kinds_detector import TrainDetectorParams
+    from engine.jobs.kinds_detector import TrainDetectorParams, TrainOpenDetectorParams
     from engine.jobs.kinds_unified import TrainUnifiedParams
 
     p = argparse.ArgumentParser(prog="defectscope", description="DefectScope: industrial visual inspection workbench")
@@ -418,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     td = train_sub.add_parser("detector", help="box detector (defect classes with boxes, or MVTec masks)")
     add_param_options(td, TrainDetectorParams)
     td.set_defaults(func=cmd_train_detector)
+    to = train_sub.add_parser("open-detector", help="open-set box detector: classes asked for by text or example "
+                                                    "boxes at inference time")
+    add_param_options(to, TrainOpenDetectorParams)
+    to.set_defaults(func=cmd_train_open_detector)
 
     pre = sub.add_parser("pretrain", help="pretrain on unlabelled images (anomaly-guided, AGSSP)")
     pre_sub = pre.add_subparsers(dest="stage", required=True)
@@ -440,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf = sub.add_parser("infer", help="score images; write heatmaps and scores.json")
     inf.add_argument("--model", required=True)
     inf.add_argument("--out", required=True)
-    add_param_options(inf, EvalParams, only=("device",))
+    add_param_options(inf, EvalParams, only=("device", "prompts"))
     inf.add_argument("inputs", nargs="+", help="images or folders")
     inf.set_defaults(func=cmd_infer)
 

@@ -15,8 +15,8 @@ from engine.errors import DatasetError
 from engine.jobs.registry import Progress
 from engine.metrics.detection import detection_metrics
 from engine.metrics.detection_match import BACKGROUND, confusion_matrix
-from engine.runtime.detector import Detector
 from engine.runtime.model_format import ModelInfo
+from engine.runtime.open_detector import detector_for
 
 
 def evaluate_detector(
@@ -26,12 +26,14 @@ def evaluate_detector(
     report_path: str | Path | None = None,
     device: str = "auto",
     progress: Progress | None = None,
+    prompts: str | Path | None = None,
 ) -> dict:
     """map50, map50_95, ap50_per_class (the detector's classes), pr50_per_class (precision-recall curves at IoU
     0.5), confusion_matrix (at the detector's score threshold: rows labelled, columns detected, the last of each
     "background"), latency_ms, provider, n_test and per-image detections; ground-truth boxes of classes the detector
-    does not know are left out, with an issue."""
-    detector = Detector(info, device)
+    does not know are left out, with an issue. `prompts`: an open-set detector searches for the classes of this
+    prompts file (engine.class_prompts) instead of its trained ones."""
+    detector = detector_for(info, device, prompts)
     data = load_detection_set(data_root, category=category)
     tests = data.select("test")
     if not tests:
@@ -87,6 +89,7 @@ def evaluate_detector(
         "task": "detector",
         "model_kind": info.kind,
         "classes": list(detector.classes),
+        "prompts": str(prompts) if prompts is not None else None,
         "score_threshold": detector.score_threshold,
         "notes": list(detector.notes),
         "category": category,

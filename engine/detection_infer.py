@@ -13,16 +13,18 @@ from engine.detecting import Detected, detect_images
 from engine.detections import DETECTIONS_FILE, DetectionItem, write_detections
 from engine.infer import collect_images, unique_name
 from engine.runtime.box_drawing import draw_detections
-from engine.runtime.detector import Detector
 from engine.runtime.model_format import ModelInfo
+from engine.runtime.open_detector import detector_for
 from engine.scoring import NG, verdict
 
 
-def infer_detector(info: ModelInfo, inputs: list[str | Path], out_dir: str | Path, device: str = "auto") -> dict:
+def infer_detector(info: ModelInfo, inputs: list[str | Path], out_dir: str | Path, device: str = "auto",
+                   prompts: str | Path | None = None) -> dict:
     """Detect in loose image files into OUT. Returns the summary `defectscope infer` prints: provider, threshold,
     notes, `results` (per image: path, boxes, scores, classes, verdict = NG when a box reaches the threshold,
-    drawn), `errors`, `n_ng` and a one-line `summary`."""
-    detector = Detector(info, device)
+    drawn), `errors`, `n_ng` and a one-line `summary`. `prompts`: an open-set detector searches for the classes
+    of this prompts file (engine.class_prompts)."""
+    detector = detector_for(info, device, prompts)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()

@@ -33,14 +33,16 @@ def evaluate(
     report_path: str | Path | None = None,
     device: str = "auto",
     progress: Progress | None = None,
+    prompts: str | Path | None = None,
 ) -> dict:
     """Metrics of the model on the labelled test images; writes the JSON report when `report_path` is given.
 
     The evaluation of the model's task (EVALUATORS); any other scoring model is evaluated as an image scorer.
+    `prompts` (an open-set detector's classes to search for) applies to detectors only.
     """
     info = read_model_info(model_dir)
     run = EVALUATORS.get(info.task, _evaluate_scores)
-    return run(info, data_root, category, report_path, device, progress)
+    return run(info, data_root, category, report_path, device, progress, prompts)
 
 
 def _evaluate_scores(
@@ -50,9 +52,13 @@ def _evaluate_scores(
     report_path: str | Path | None,
     device: str,
     progress: Progress | None,
+    prompts: str | Path | None = None,
 ) -> dict:
     """Anomaly metrics of a scoring model: an RGB + 3D model scores each part from its image and point cloud, as in
     the workbench."""
+    if prompts is not None:
+        raise DefectScopeError(f"prompts {prompts}: only an open-set detector takes prompts; {info.folder} is a "
+                               f"{info.kind} model")
     model_dir = info.folder
     model = open_model(info, device)
     dataset = load_dataset(data_root, category=category)
@@ -160,11 +166,13 @@ def _per_defect(per_image: list[dict]) -> dict:
     return out
 
 
-Evaluator = Callable[[ModelInfo, str | Path, str | None, str | Path | None, str, Progress | None], dict]
+Evaluator = Callable[[ModelInfo, str | Path, str | None, str | Path | None, str, Progress | None, str | Path | None],
+                     dict]
 # model task -> its evaluation; tasks not listed are evaluated as image scorers (open_model refuses non-scorers)
 EVALUATORS: dict[str, Evaluator] = {"detector": evaluate_detector}
 
 
 def eval_job(params: EvalParams, progress: Progress) -> dict:
-    result = evaluate(params.model, params.data, params.category, params.report, params.device, progress)
+    result = evaluate(params.model, params.data, params.category, params.report, params.device, progress,
+                      params.prompts)
     return {k: v for k, v in result.items() if k != "per_image"}

@@ -40,18 +40,24 @@ def collect_images(inputs: list[str | Path]) -> list[tuple[Path, str]]:
     return files
 
 
-def infer(model_dir: str | Path, inputs: list[str | Path], out_dir: str | Path, device: str = "auto") -> dict:
+def infer(model_dir: str | Path, inputs: list[str | Path], out_dir: str | Path, device: str = "auto",
+          prompts: str | Path | None = None) -> dict:
     """Score loose image files into OUT (scores.json + maps/ + one `<name>_heatmap.png` overlay per image).
 
     Returns a summary: provider, threshold, notes, `results` (path, score, verdict, heatmap per scored image) and
     `errors` (path, error per unreadable one). Items are keyed by their output name; they have no split.
-    A detector writes its own outputs instead (INFERRERS).
+    A detector writes its own outputs instead (INFERRERS); `prompts` (an open-set detector's classes to search
+    for, engine.class_prompts) applies to detectors only.
     """
     info = read_model_info(model_dir)
-    return INFERRERS.get(info.task, _infer_scores)(info, inputs, out_dir, device)
+    return INFERRERS.get(info.task, _infer_scores)(info, inputs, out_dir, device, prompts)
 
 
-def _infer_scores(info: ModelInfo, inputs: list[str | Path], out_dir: str | Path, device: str) -> dict:
+def _infer_scores(info: ModelInfo, inputs: list[str | Path], out_dir: str | Path, device: str,
+                  prompts: str | Path | None = None) -> dict:
+    if prompts is not None:
+        raise DefectScopeError(f"prompts {prompts}: only an open-set detector takes prompts; {info.folder} is a "
+                               f"{info.kind} model")
     model_dir = info.folder
     model = open_model(info, device)
     out = Path(out_dir)
@@ -100,13 +106,14 @@ def unique_name(stem: str, used: set[str]) -> str:
     return name
 
 
-def _infer_detections(info: ModelInfo, inputs: list[str | Path], out_dir: str | Path, device: str) -> dict:
+def _infer_detections(info: ModelInfo, inputs: list[str | Path], out_dir: str | Path, device: str,
+                      prompts: str | Path | None = None) -> dict:
     from engine.detection_infer import infer_detector
 
-    return infer_detector(info, inputs, out_dir, device)
+    return infer_detector(info, inputs, out_dir, device, prompts)
 
 
 # model task -> its inference; tasks not listed are run as image scorers (open_model refuses non-scorers)
-INFERRERS: dict[str, Callable[[ModelInfo, list[str | Path], str | Path, str], dict]] = {
+INFERRERS: dict[str, Callable[[ModelInfo, list[str | Path], str | Path, str, str | Path | None], dict]] = {
     "detector": _infer_detections,
 }

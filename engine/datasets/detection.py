@@ -102,6 +102,27 @@ def load_detection_set(
     return DetectionSet(dataset.root, chosen, samples, issues)
 
 
+def images_of_classes(dataset: DetectionSet, names: list[str]) -> DetectionSet:
+    """The images whose every box is of one of `names` (and the clean background images), labels re-indexed to
+    `names`: the training set of an open-set protocol, where an image showing an unseen class must not teach the
+    detector that this class is background (as --classes alone would)."""
+    unknown = [n for n in names if n not in dataset.classes]
+    if unknown:
+        raise DatasetError(f"{dataset.root}: classes: no boxes of class {', '.join(map(repr, unknown))} "
+                           f"(classes found: {', '.join(dataset.classes)})")
+    remap = np.full(len(dataset.classes), -1, np.int64)
+    for i, name in enumerate(names):
+        remap[dataset.classes.index(name)] = i
+    kept = [DetectionSample(s.image_path, s.boxes, remap[s.labels], s.split) for s in dataset.samples
+            if (remap[s.labels] >= 0).all()]
+    dropped = len(dataset.samples) - len(kept)
+    issues = list(dataset.issues)
+    if dropped:
+        issues.append(LoadIssue(dataset.root, f"{dropped} images show a class outside {', '.join(names)}; "
+                                              "left out (open-set training)"))
+    return DetectionSet(dataset.root, list(names), kept, issues)
+
+
 def _valid_boxes(sample: Sample, boxes: Iterable[Box], issues: list[LoadIssue]) -> list[Box]:
     """Boxes with an area; the readers clip boxes to the image, so one wholly outside it arrives here empty."""
     kept = []

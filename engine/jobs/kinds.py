@@ -42,6 +42,8 @@ class EvalParams(BaseModel, extra="forbid"):
     category: str | None = Field(default=None, description="category (sub-folder) to evaluate on")
     report: str | None = Field(default=None, description="write the JSON report here")
     device: Device = "auto"
+    prompts: str | None = Field(default=None, description="open-set detector: JSON file {class: [phrasings]} of "
+                                                          "the classes to search for (default: the trained ones)")
 
 
 class ScoreDatasetParams(BaseModel, extra="forbid"):
@@ -72,7 +74,7 @@ register_job_kind(
         params=EvalParams,
         description="Evaluate an exported model on a dataset's test split (ONNX Runtime)",
         outputs={"report": "report.json"},
-        path_params=("model", "data"),
+        path_params=("model", "data", "prompts"),
     )
 )
 register_job_kind(

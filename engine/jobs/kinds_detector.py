@@ -1,5 +1,6 @@
-"""The detector job kinds: train_detector (DefectScope's own box detector, trainers.detector, closed set) and
-detect_dataset (any detector over a whole dataset, engine.detection_dataset).
+"""The detector job kinds: train_detector (DefectScope's own box detector, trainers.detector, closed set),
+train_open_detector (open set: classes asked for by text or example boxes at inference time,
+trainers.detector.open_fit) and detect_dataset (any detector over a whole dataset, engine.detection_dataset).
 
 Kept torch-free: the entry point is imported only when a job runs.
 """
@@ -65,12 +66,41 @@ register_job_kind(
 )
 
 
+class TrainOpenDetectorParams(TrainDetectorParams):
+    out: str = Field(description="folder the open-set detector is written to (open_detector.onnx, "
+                                 "open_detector.json and the text encoder it bundles)")
+    classes: list[str] | None = Field(default=None, min_length=1,
+                                      description="the known classes to learn, e.g. crazing,scratches (default: "
+                                                  "all); images showing any other class are left out of training")
+    prompts: str | None = Field(default=None, description="JSON file {class: [phrasings]}: how each class is "
+                                                          "described (default: its name)")
+    text_encoder: str | None = Field(default=None, description="an exported text encoder folder to bundle "
+                                                               "(default: export the pip-shipped all-MiniLM-L6-v2)")
+
+
+register_job_kind(
+    JobKind(
+        name="train_open_detector",
+        entry="trainers.detector.open_fit:train_open_job",
+        params=TrainOpenDetectorParams,
+        description="Train DefectScope's open-set box detector: region embeddings scored against text or example "
+                    "boxes, so classes can be asked for by name at inference time",
+        needs_torch=True,
+        outputs={"out": "model"},
+        path_params=("data", "init", "prompts", "text_encoder"),
+        model_output="model",
+    )
+)
+
+
 class DetectDatasetParams(BaseModel, extra="forbid"):
     model: str = Field(description="detector folder (DefectScope's or one brought from elsewhere) or job reference")
     data: str = Field(description="dataset root whose every image is searched")
     category: str | None = Field(default=None, description="category (sub-folder) to search")
     out: str = Field(description="folder for detections.json")
     device: Device = "auto"
+    prompts: str | None = Field(default=None, description="open-set detector: JSON file {class: [phrasings]} of "
+                                                          "the classes to search for (default: the trained ones)")
 
 
 register_job_kind(
@@ -81,6 +111,6 @@ register_job_kind(
         description="Run a detector over every image of a dataset, with each image's labelled boxes alongside "
                     "(what the workbench draws as hits, false alarms and misses)",
         outputs={"out": "detections"},
-        path_params=("model", "data"),
+        path_params=("model", "data", "prompts"),
     )
 )

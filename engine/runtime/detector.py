@@ -132,10 +132,17 @@ def _open_external(info: ModelInfo, settings: DetectorSettings, device: str) -> 
     return ExternalGraph(info, settings, device)
 
 
+def _open_open_set(info: ModelInfo, settings: DetectorSettings, device: str) -> DetectorGraph:
+    from engine.runtime.open_detector import OpenGraph, trained_queries
+
+    return OpenGraph(info, settings, device).bind(trained_queries(info))
+
+
 # model-format kind -> how its graph is opened (the kinds are registered in engine.runtime.model_format)
 GRAPHS: dict[str, Callable[[ModelInfo, DetectorSettings, str], DetectorGraph]] = {
     "detector": _open_own,
     "external_detector": _open_external,
+    "open_detector": _open_open_set,  # asking for the trained classes; OpenDetector.ask for others
 }
 
 

@@ -11,6 +11,8 @@ Formats, in the order they are tried:
   multimodal    multimodal.json + its ONNX parts and banks (RGB + 3D)
   segmenter     segmenter.json + encoder.onnx + decoder.onnx (promptable segmenter; not a scorer)
   detector      detector.json + detector.onnx (box detector; engine.runtime.detector_format)
+  open_detector open_detector.json + .onnx + class_queries.npy (classes asked for by text or example boxes;
+                engine.runtime.open_detector_format)
   external_detector  external_detector.json + the ONNX file it names (a detector exported elsewhere)
 """
 
@@ -26,7 +28,7 @@ import numpy as np
 
 from engine.datasets.types import Sample
 from engine.errors import ModelError
-from engine.runtime import detector_format, segmenter_format
+from engine.runtime import detector_format, open_detector_format, segmenter_format
 
 # The model folders' file names, defined here once (the runtimes and trainers import them from here).
 MODEL_FILE = "model.onnx"
@@ -241,6 +243,9 @@ def _open_detector(info: ModelInfo, device: str) -> Scorer:
 # loops and the Models panel take it as they are; its verdict threshold is the display threshold "score_threshold".
 register_model_format(ModelFormat("detector", "detector", detector_format.METADATA_FILE, (detector_format.MODEL_FILE,),
                                   "confidence", 0.5, _open_detector, threshold_key="score_threshold"))
+register_model_format(ModelFormat("open_detector", "detector", open_detector_format.METADATA_FILE,
+                                  (open_detector_format.MODEL_FILE, open_detector_format.QUERIES_FILE), "confidence",
+                                  0.5, _open_detector, threshold_key="score_threshold"))
 # The ONNX file's name is the description's "model" field, so the runtime checks it when it opens the folder.
 register_model_format(ModelFormat("external_detector", "detector", detector_format.EXTERNAL_DESCRIPTION_FILE, (),
                                   "confidence", 0.5, _open_detector, threshold_key="score_threshold"))

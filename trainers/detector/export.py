@@ -45,7 +45,7 @@ class ParityError(DefectScopeError):
     """The ONNX graph's detections differ from the torch model's on the same raw image."""
 
 
-def _post_nodes(image_size: int, min_score: float, nms_iou: float, max_det: int
+def postprocess_nodes(image_size: int, min_score: float, nms_iou: float, max_det: int
                 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """CORE_BOXES [1, L, 4], CORE_SCORES [1, C, L] -> boxes [N, 4] (original pixels), scores [N], classes [N].
 
@@ -98,9 +98,9 @@ def detector_onnx(detector: Detector, min_score: float = fmt.DEFAULT_MIN_SCORE, 
     pre_out = "pre_output"
     pre_nodes, pre_inits = preprocess_nodes(size, pre_out)
     core_nodes = rewired_nodes(core, "x", pre_out)
-    post_nodes, post_inits = _post_nodes(size, min_score, nms_iou, max_detections)
+    post, post_inits = postprocess_nodes(size, min_score, nms_iou, max_detections)
     graph = helper.make_graph(
-        pre_nodes + core_nodes + post_nodes, "defectscope_detector",
+        pre_nodes + core_nodes + post, "defectscope_detector",
         [helper.make_tensor_value_info(fmt.INPUT_NAME, TensorProto.UINT8, ["H", "W", 3])],
         [helper.make_tensor_value_info(fmt.OUTPUT_NAMES[0], TensorProto.FLOAT, ["N", 4]),
          helper.make_tensor_value_info(fmt.OUTPUT_NAMES[1], TensorProto.FLOAT, ["N"]),
@@ -138,12 +138,14 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
 @torch.no_grad()
 def detect_torch(detector: Detector, image: np.ndarray, min_score: float = fmt.DEFAULT_MIN_SCORE,
                  nms_iou: float = fmt.DEFAULT_NMS_IOU, max_detections: int = fmt.DEFAULT_MAX_DETECTIONS,
-                 frame: Callable[[np.ndarray, int], torch.Tensor] = to_frame
+                 frame: Callable[[np.ndarray, int], torch.Tensor] = to_frame,
+                 core: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The exported graph's computation in torch, from the raw image: (boxes [N, 4], scores [N], classes [N])."""
+    """The exported graph's computation in torch, from the raw image: (boxes [N, 4], scores [N], classes [N]).
+    `core`: frame -> (boxes, scores, ...) as DetectorCore (default) computes them."""
     size = detector.arch.image_size
     device = next(detector.parameters()).device
-    boxes, scores = DetectorCore(detector.eval())(frame(image, size).to(device))
+    boxes, scores = (core or DetectorCore(detector.eval()))(frame(image, size).to(device))[:2]
     boxes, scores = boxes[0].float().cpu(), scores[0].float().cpu()
     h, w = image.shape[:2]
     sx, sy = frame_scale(h, w, size)
@@ -182,8 +184,11 @@ def _unmatched(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...], floor: floa
 def check_parity(detector: Detector, model: onnx.ModelProto | bytes, images: Sequence[np.ndarray],
                  min_score: float = fmt.DEFAULT_MIN_SCORE, nms_iou: float = fmt.DEFAULT_NMS_IOU,
                  max_detections: int = fmt.DEFAULT_MAX_DETECTIONS,
-                 frame: Callable[[np.ndarray, int], torch.Tensor] = to_frame) -> dict[str, Any]:
+                 frame: Callable[[np.ndarray, int], torch.Tensor] = to_frame,
+                 core: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None,
+                 extra_feeds: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Torch (own pre-processing `frame`) vs ONNX Runtime on the same raw images; ParityError when they differ.
+    `core` and `extra_feeds`: another core than DetectorCore and the graph inputs it takes besides the image.
 
     Compared: every detection at least PARITY_MARGIN above min_score (and above the last fifth of a full list) must have a twin on the other side (same
     class, IoU >= PARITY_IOU_MIN, |score difference| <= PARITY_SCORE_TOL). Returns the figures for detector.json.
@@ -191,8 +196,8 @@ def check_parity(detector: Detector, model: onnx.ModelProto | bytes, images: Seq
     session = cpu_session(model if isinstance(model, bytes) else model.SerializeToString())
     worst_score, worst_box, compared, problems = 0.0, 0.0, 0, []
     for i, image in enumerate(images):
-        ref = detect_torch(detector, image, min_score, nms_iou, max_detections, frame)
-        got = tuple(session.run(list(fmt.OUTPUT_NAMES), {fmt.INPUT_NAME: image}))
+        ref = detect_torch(detector, image, min_score, nms_iou, max_detections, frame, core)
+        got = tuple(session.run(list(fmt.OUTPUT_NAMES), {fmt.INPUT_NAME: image, **(extra_feeds or {})}))
         # Near the max_detections cut, scores 1e-6 apart can swap which detection makes the list: compare above it.
         cut = ref[1][int(0.8 * max_detections)] if len(ref[1]) > 0.8 * max_detections else min_score
         floor = max(min_score, float(cut)) + PARITY_MARGIN

@@ -31,6 +31,22 @@ from trainers.detector.losses import assign, detection_loss
 from trainers.detector.model import Detector, DetectorArch, level_points
 
 Progress = Callable[[float, str], None]
+# Keys of the layers that turn a location into class scores: the closed-set class conv, or the open-set
+# embedding, adaptor and calibration (class-agnostic: they carry over between open-set runs of other classes).
+CLOSED_CLASS_LAYER = ("head.cls.",)
+OPEN_CLASS_LAYERS = ("head.embed.", "head.adaptor.", "head.logit_")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What differs between the closed-set detector and others trained by the same schedule: the network and
+    how a trained one is exported and published."""
+
+    build: Callable[[DetectorArch], Detector]
+    publish: Callable[..., dict]
+
+
+CLOSED_SET = Variant(build=Detector, publish=publish)
 
 
 @dataclass(frozen=True)
@@ -155,16 +171,22 @@ def _load_init(det: Detector, init: str, classes: list[str]) -> dict[str, Any]:
         if arch.get(key) != getattr(det.arch, key):
             raise ModelError(f"--init {init}: its {key} is {arch.get(key)!r}, this training uses "
                              f"{getattr(det.arch, key)!r}")
-    same_classes = list(saved.get("classes", [])) == list(classes)
-    if not same_classes:  # other classes: keep everything but the class layer, which starts afresh
-        state = {k: v for k, v in state.items() if not k.startswith("head.cls.")}
+    det_open = any(k.startswith(OPEN_CLASS_LAYERS) for k in det.state_dict())
+    saved_open = any(k.startswith(OPEN_CLASS_LAYERS) for k in state)
+    same_classes = list(saved.get("classes", [])) == list(classes) and det_open == saved_open
+    # The closed-set class layer is per class: it starts afresh for other classes or an open-set detector; the
+    # open-set layers are class-agnostic and carry over, except into a closed-set detector.
+    dropped = CLOSED_CLASS_LAYER if not same_classes else ()
+    if saved_open and not det_open:
+        dropped += OPEN_CLASS_LAYERS
+    state = {k: v for k, v in state.items() if not k.startswith(dropped)} if dropped else state
     try:
         result = det.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes that differ (e.g. another FPN width)
         raise ModelError(f"{path}: its tensors do not fit this detector ({str(exc).splitlines()[0]})") from None
-    # What may be missing: the class layer when the classes differ, and FPN and head of a trunk-only state
-    # (a pretrained backbone); the trunk must load whole.
-    allowed = ["head.cls."] if not same_classes else []
+    # What may be missing: the class layer when it was dropped or the saved kind had none, and FPN and head of a
+    # trunk-only state (a pretrained backbone); the trunk must load whole.
+    allowed = list(dropped) if not det_open else ([] if saved_open else list(OPEN_CLASS_LAYERS))
     if not any(k.startswith("fpn.") for k in state):
         allowed += ["fpn.", "head."]
     missing = [k for k in result.missing_keys if not k.startswith(tuple(allowed))]
@@ -204,7 +226,8 @@ def _batches(batch_size: int, rng: np.random.Generator, cache: _Cache) -> list[n
     return [picks[j:j + batch_size] for j in range(0, len(picks), batch_size)]
 
 
-def train_detector(dataset: Any, out: str | Path, cfg: FitConfig, progress: Progress | None = None) -> dict:
+def train_detector(dataset: Any, out: str | Path, cfg: FitConfig, progress: Progress | None = None,
+                   variant: Variant = CLOSED_SET) -> dict:
     """Train on `dataset` (an engine.datasets.detection.DetectionSet: its 'train' samples; 'validation' ones for
     the validation loss), export, parity-check and publish to `out`. Returns {"run_dir", "metadata"}."""
     progress = progress or (lambda _f, _m: None)
@@ -221,7 +244,7 @@ def train_detector(dataset: Any, out: str | Path, cfg: FitConfig, progress: Prog
     if not any(len(s.boxes) for s in train):
         raise DatasetError(f"{dataset.root}: the training images have no boxes")
     device = resolve_device(cfg.device)
-    det = Detector(DetectorArch(cfg.backbone, len(classes), cfg.image_size))
+    det = variant.build(DetectorArch(cfg.backbone, len(classes), cfg.image_size))
     init_info = _load_init(det, cfg.init, classes) if cfg.init else {"from": "imagenet"}
     det.to(device)
     views = _views_per_image(len(train), cfg, det)
@@ -289,7 +312,7 @@ def train_detector(dataset: Any, out: str | Path, cfg: FitConfig, progress: Prog
         "config": asdict(cfg), "loss_history": history, "validation_loss": val_loss,
         "skipped_images": skipped, "dataset_issues": [str(i) for i in getattr(dataset, "issues", [])][:50],
     }
-    meta = publish(det.cpu(), out, classes, parity_images, training, val)
+    meta = variant.publish(det.cpu(), out, classes, parity_images, training, val)
     progress(1.0, f"detector written to {out}")
     return {"run_dir": str(out), "metadata": meta}
 

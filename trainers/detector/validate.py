@@ -22,9 +22,11 @@ DEFAULT_THRESHOLD = 0.3  # without validation images (or boxes) to choose from
 THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.025), 3)
 
 
-def validate(model: bytes, classes: Sequence[str], samples: Sequence[Any]) -> dict[str, Any]:
+def validate(model: bytes, classes: Sequence[str], samples: Sequence[Any],
+             extra_feeds: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """{"n_images", "map50", "map50_95", "ap50_per_class", "score_threshold", "f1", "precision", "recall"} on
-    `samples` (engine.datasets.detection.DetectionSample); None figures and DEFAULT_THRESHOLD without boxes."""
+    `samples` (engine.datasets.detection.DetectionSample); None figures and DEFAULT_THRESHOLD without boxes.
+    `extra_feeds`: the graph's other inputs (an open-set detector's queries)."""
     session = cpu_session(model)
     gt, pred = [], []
     for s in samples:
@@ -32,7 +34,7 @@ def validate(model: bytes, classes: Sequence[str], samples: Sequence[Any]) -> di
             image = read_image(s.image_path)
         except DefectScopeError:
             continue
-        boxes, scores, labels = session.run(list(fmt.OUTPUT_NAMES), {fmt.INPUT_NAME: image})
+        boxes, scores, labels = session.run(list(fmt.OUTPUT_NAMES), {fmt.INPUT_NAME: image, **(extra_feeds or {})})
         gt.append((s.boxes.astype(np.float32), s.labels.astype(np.int64)))
         pred.append((np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32).reshape(-1),
                      np.asarray(labels, np.int64).reshape(-1)))

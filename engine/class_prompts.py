@@ -22,8 +22,11 @@ def spoken(name: str) -> str:
 
 
 def read_prompts(path: str | Path) -> dict[str, list[str]]:
-    """A prompts file, checked: a DatasetError names the file and the bad entry."""
+    """A prompts file (or a folder holding PROMPTS_FILE: a remote engine is sent folders), checked: a DatasetError
+    names the file and the bad entry."""
     p = Path(path)
+    if p.is_dir():
+        p = p / PROMPTS_FILE
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -19,6 +19,7 @@ from engine.detections import DetectionItem, Truth, read_detections, write_detec
 from engine.errors import DatasetError, DefectScopeError
 from engine.jobs.kinds_detector import DetectDatasetParams
 from engine.jobs.registry import Progress
+from engine.runtime.detector import Detector
 from engine.runtime.open_detector import detector_for
 
 MAX_NOTED_ISSUES = 20  # labelling problems listed one by one in the notes; the rest are counted
@@ -26,13 +27,14 @@ MAX_NOTED_ISSUES = 20  # labelling problems listed one by one in the notes; the 
 
 def detect_dataset(model_dir: str | Path, data_root: str | Path, out_dir: str | Path, category: str | None = None,
                    device: str = "auto", progress: Progress | None = None,
-                   prompts: str | Path | None = None) -> Path:
+                   prompts: str | Path | None = None, detector: Detector | None = None) -> Path:
     """Detect in every image of the dataset at `data_root` into OUT_DIR/detections.json; returns its path.
 
     An image the detection view labels gets its `truth` (an empty one for a labelled clean image) and `split`;
     others get neither. Unreadable images land in `errors` under their key, naming the file. `prompts`: an
-    open-set detector searches for the classes of this prompts file (engine.class_prompts)."""
-    detector = detector_for(model_dir, device, prompts)
+    open-set detector searches for the classes of this prompts file (engine.class_prompts); `detector`: an opened
+    detector to run instead of opening `model_dir` (an open-set one asking for example-box queries)."""
+    detector = detector or detector_for(model_dir, device, prompts)
     root = Path(data_root)
     ds = load_dataset(root, category=category)
     if not ds.samples:

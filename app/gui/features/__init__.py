@@ -17,6 +17,7 @@ from app.gui.features.detection import DetectionFeature
 from app.gui.features.engine import EngineFeature
 from app.gui.features.export import ExportFeature
 from app.gui.features.models import ModelsFeature
+from app.gui.features.open_set import OpenSetFeature
 from app.gui.features.pretraining import PretrainingFeature
 from app.gui.features.scoring import ScoringFeature
 from app.gui.features.text_prompts import TextPromptsFeature
@@ -37,6 +38,7 @@ FEATURES: tuple[FeatureRow, ...] = (
     FeatureRow("scoring", ScoringFeature, dock="Metrics"),
     FeatureRow("annotation", AnnotationFeature, dock="Annotate"),
     FeatureRow("detection", DetectionFeature, dock="Detect"),  # accepts boxes into the annotation row's store
+    FeatureRow("open_set", OpenSetFeature, dock="Find"),  # shows its hits in the detection row's dock
     FeatureRow("pretraining", PretrainingFeature),  # shows its proposals in the detection row's dock
     FeatureRow("export", ExportFeature),
     FeatureRow("text_prompts", TextPromptsFeature),

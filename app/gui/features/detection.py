@@ -167,11 +167,11 @@ class DetectionFeature(Feature):
         params = {"model": w.link.engine_path(model_dir, "model"), "data": str(w.dataset.root)}
         if w.category:
             params["category"] = w.category
-        w.link.submit("detect_dataset", params, on_finished=self._on_detected,
+        w.link.submit("detect_dataset", params, on_finished=self.on_detect_finished,
                       on_error=lambda msg: w.show_error(f"Detection could not start: {msg}"))
         w.status_message.emit("Detecting defects in the engine (see Jobs).")
 
-    def _on_detected(self, job: JobView) -> None:
+    def on_detect_finished(self, job: JobView) -> None:
         w = self.window
         if job.state == "failed":
             w.show_error(f"Detection failed: {job.error}")

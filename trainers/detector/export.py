@@ -46,7 +46,7 @@ class ParityError(DefectScopeError):
 
 
 def postprocess_nodes(image_size: int, min_score: float, nms_iou: float, max_det: int
-                ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+                      ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """CORE_BOXES [1, L, 4], CORE_SCORES [1, C, L] -> boxes [N, 4] (original pixels), scores [N], classes [N].
 
     The scale back is original / resized size per axis, from the pre-processing's own tensors (pre_hw_f,

@@ -179,8 +179,11 @@ def write_results(path: Path, r: dict) -> None:
         "mutual scoring with R = 32 references, EfficientNet-Lite0 stride-8/16 patch features at 224^2 area). "
         f"A pseudo box is a hit at IoU >= {r['iou']} with a true box (greedy, one class).",
     ]
-    notes = sorted({q["note"] for q in (r.get(p) for p in PARTS) if q and q.get("note")})
-    lines += notes
+    by_note: dict[str, list[str]] = {}
+    for p in PARTS:
+        if r.get(p) and r[p].get("note"):
+            by_note.setdefault(r[p]["note"], []).append(p)
+    lines += [f"{', '.join(parts)}: {note}" for note, parts in by_note.items()]
     lines += [
         "",
         "| pool | scorer | images | pseudo boxes | true boxes | precision | recall | defective images with a box "

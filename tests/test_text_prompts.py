@@ -14,14 +14,9 @@ pytest.importorskip("transformers", reason="exporting the text encoder needs tra
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def text_encoder(tmp_path_factory):
-    from engine.jobs import run_job
-
-    out = tmp_path_factory.mktemp("text") / "text_encoder"
-    result = run_job("export_text_encoder", {"out": str(out)})
-    assert result["parity_max_abs_diff"] < 1e-4
-    return out
+@pytest.fixture
+def text_encoder(exported_text_encoder):
+    return exported_text_encoder
 
 
 def test_typed_descriptions_find_the_right_defect_class(text_encoder):

@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: make the benchmarks package importable
 
-from benchmarks.anomaly_benchmark import machine_info, run_measured  # noqa: E402
+from benchmarks.anomaly_benchmark import machine_info, run_step  # noqa: E402
 from benchmarks.results_md import replace_section  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -38,14 +38,6 @@ STORE = REPO / "benchmarks" / "agssp_results.json"
 INITS = ("imagenet", "agbp", "agdp")
 TARGET_GAIN_10 = 0.03  # mAP@[.5:.95] points (as a fraction) over ImageNet at 10% labels
 CLI = [sys.executable, "-m", "app.cli"]
-
-
-def _run(cmd: list[str], what: str) -> tuple[float, float]:
-    print(f"[{time.strftime('%H:%M:%S')}] {what}: {' '.join(cmd[3:])}", flush=True)
-    wall, peak, proc = run_measured(cmd)
-    if proc.returncode != 0:
-        raise SystemExit(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return wall, peak
 
 
 def demo_surfaces(folder: Path) -> Path:
@@ -77,18 +69,18 @@ def pretrain(out: Path, stored: dict) -> dict[str, str]:
     if not (pool / "pool.json").is_file():
         cmd = [*CLI, "pseudo-boxes", "--pool", *map(str, pool_folders(out)), "--exclude", str(NEU),
                "--out", str(pool)]
-        wall, peak = _run(cmd, "pseudo boxes")
+        wall, peak = run_step(cmd, "pseudo boxes")
         meta = json.loads((pool / "pool.json").read_text())
         steps["pseudo_boxes"] = {"seconds": round(wall, 1), "peak_gb": round(peak, 2), "by_set": pool_breakdown(pool),
                                  "n_images": len(meta["images"]), "n_boxes": meta.get("n_boxes"),
                                  "excluded": meta.get("excluded"), "scorer": meta.get("scorer")}
     if not (agbp / "backbone_pretrain.json").is_file():
-        wall, peak = _run([*CLI, "pretrain", "backbone", "--pool", str(pool), "--out", str(agbp)], "AGBP")
+        wall, peak = run_step([*CLI, "pretrain", "backbone", "--pool", str(pool), "--out", str(agbp)], "AGBP")
         meta = json.loads((agbp / "backbone_pretrain.json").read_text())
         steps["agbp"] = {"seconds": round(wall, 1), "peak_gb": round(peak, 2), "steps": meta["steps"],
                          "loss_history": meta["loss_history"]}
     if not (agdp / "detector.json").is_file():
-        wall, peak = _run([*CLI, "train", "detector", "--data", str(pool / "coco"), "--init", str(agbp),
+        wall, peak = run_step([*CLI, "train", "detector", "--data", str(pool / "coco"), "--init", str(agbp),
                            "--freeze-trunk", "--epochs", "10", "--out", str(agdp)], "AGDP")
         steps["agdp"] = {"seconds": round(wall, 1), "peak_gb": round(peak, 2)}
     STORE.write_text(json.dumps(stored, indent=2) + "\n")
@@ -101,11 +93,11 @@ def finetune(out: Path, init_name: str, init: str, fraction: float, seed: int, b
     if not (run / "detector.json").is_file():
         cmd = [*CLI, "train", "detector", "--data", str(NEU), "--label-fraction", str(fraction), "--seed",
                str(seed), "--init", init, "--out", str(run)]
-        wall, peak = _run(cmd, f"train {init_name} {fraction:g} seed {seed}")
+        wall, peak = run_step(cmd, f"train {init_name} {fraction:g} seed {seed}")
     else:
         wall, peak = (before or {}).get("train_s", 0.0), (before or {}).get("peak_gb", 0.0)
     report = run / "eval_report.json"
-    _run([*CLI, "eval", "--model", str(run), "--data", str(NEU), "--report", str(report)], "eval")
+    run_step([*CLI, "eval", "--model", str(run), "--data", str(NEU), "--report", str(report)], "eval")
     r = json.loads(report.read_text())
     meta = json.loads((run / "detector.json").read_text())
     return {"init": init_name, "fraction": fraction, "seed": seed, "map50": r["map50"], "map50_95": r["map50_95"],

@@ -55,6 +55,16 @@ def run_measured(cmd: list[str]) -> tuple[float, float, subprocess.CompletedProc
     return wall, peak / 1e9, subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+
+def run_step(cmd: list[str], what: str) -> tuple[float, float]:
+    """One CLI step of a benchmark protocol, logged with the time: (wall seconds, peak GB); stops the benchmark
+    with the step's stderr when it fails."""
+    print(f"[{time.strftime('%H:%M:%S')}] {what}: {' '.join(cmd[3:])}", flush=True)
+    wall, peak, proc = run_measured(cmd)
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return wall, peak
+
 def machine_info() -> str:
     import onnxruntime
     import torch

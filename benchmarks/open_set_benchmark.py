@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: make the benchmarks package importable
 
-from benchmarks.anomaly_benchmark import machine_info, run_measured  # noqa: E402
+from benchmarks.anomaly_benchmark import machine_info, run_step  # noqa: E402
 from benchmarks.results_md import replace_section  # noqa: E402
 
 NEU = REPO.parent / "shared" / "data" / "neu_det"
@@ -44,14 +44,6 @@ SHOTS = (1, 5)
 TARGET_TEXT_OVER_SWAP = 0.10  # novel AP@0.5 from text at least this far above the name-swap control
 TARGET_FIVE_SHOT_SHARE = 0.60  # five-shot novel AP@0.5 >= this share of the closed-set AP@0.5 of those classes
 CLI = [sys.executable, "-m", "app.cli"]
-
-
-def _run(cmd: list[str], what: str) -> tuple[float, float]:
-    print(f"[{time.strftime('%H:%M:%S')}] {what}: {' '.join(cmd[3:])}", flush=True)
-    wall, peak, proc = run_measured(cmd)
-    if proc.returncode != 0:
-        raise SystemExit(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return wall, peak
 
 
 def text_encoder(out: Path) -> Path:
@@ -74,7 +66,7 @@ def train_fold(out: Path, fold: int, epochs: int | None, before: dict | None) ->
            str(PROMPTS), "--text-encoder", str(text_encoder(out)), "--out", str(run)]
     if epochs:
         cmd += ["--epochs", str(epochs)]
-    wall, peak = _run(cmd, f"train fold {fold} (novel: {', '.join(novel)})")
+    wall, peak = run_step(cmd, f"train fold {fold} (novel: {', '.join(novel)})")
     return run, wall, peak
 
 

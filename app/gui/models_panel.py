@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+import shiboken6
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QFont
 from PySide6.QtWidgets import (
@@ -200,13 +201,21 @@ class ModelsPanel(QWidget):
         item.setData(0, PayloadRole, str(path))
         item.setToolTip(0, str(path))
         self._folder_items[str(path)] = item
+        # The panel (and with it the item) may be gone when the answer comes: a window closed while reading.
         run_in_background(lambda: read_model_info(path), lambda info: self._folder_read(path, info),
-                          lambda message: self._folder_unusable(path, message))
+                          lambda message: self._folder_unusable(path, message), guard=self._alive)
         self._update_titles()
         return item
 
-    def _folder_read(self, path: Path, info: ModelInfo) -> None:
+    def _alive(self) -> bool:
+        return shiboken6.isValid(self)
+
+    def _folder_item(self, path: Path) -> QTreeWidgetItem | None:
         item = self._folder_items.get(str(path))
+        return item if item is not None and shiboken6.isValid(item) else None
+
+    def _folder_read(self, path: Path, info: ModelInfo) -> None:
+        item = self._folder_item(path)
         if item is None:
             return
         category = info.metadata.get("category") or ", ".join(info.metadata.get("products") or []) or "all categories"
@@ -215,7 +224,7 @@ class ModelsPanel(QWidget):
         item.setForeground(0, self.palette().text())
 
     def _folder_unusable(self, path: Path, message: str) -> None:
-        item = self._folder_items.get(str(path))
+        item = self._folder_item(path)
         if item is None:
             return
         item.setText(0, f"{path.name} · unusable")
@@ -258,7 +267,8 @@ class ModelsPanel(QWidget):
             path = Path(item.data(0, PayloadRole))
             self._say(f"checking {path}…")
             # Checked off-thread: a folder registered long ago may be gone or be on an unmounted share.
-            run_in_background(lambda: read_model_info(path), lambda _info: self._activate(path), self._fail)
+            run_in_background(lambda: read_model_info(path), lambda _info: self._activate(path), self._fail,
+                              guard=self._alive)
         elif kind == "job":
             job = item.data(0, PayloadRole)
             self._say(f"getting the model of job {job.id}…" if self._link.is_local

@@ -114,6 +114,32 @@ def cmd_train_open_detector(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_segmentation(args: argparse.Namespace) -> int:
+    from app.param_options import check_params, params_from_args
+    from engine.jobs import run_job
+    from engine.jobs.kinds_defect_segmentation import TrainSegmentationParams
+
+    params = params_from_args(args, TrainSegmentationParams, exclude=("extra",))
+    if args.extra:
+        params["extra"] = list(args.extra)
+    check_params(TrainSegmentationParams, params)
+    result = run_job("train_segmentation", params, _progress_printer("train"))
+    meta = result["metadata"]
+    tr, val, parity = meta["training"], meta["validation"], meta["parity"]
+
+    def f(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    per_class = "  ".join(f"{k} {f(v)}" for k, v in (val.get("iou_per_class") or {}).items())
+    print(
+        f"defect segmentation model written to {result['run_dir']}: classes {', '.join(meta['classes'])}, "
+        f"{tr['n_dataset_images']} dataset + {tr['n_extra_images']} extra training images, {tr['steps']} steps, "
+        f"{tr['seconds_total']:.1f} s on {tr['device']}, ONNX parity {parity['max_abs_probability_diff']:.1e}\n"
+        f"held out ({val.get('n_images', 0)} images): mIoU {f(val.get('miou'))}  IoU per class: {per_class}"
+    )
+    return 0
+
+
 def cmd_pretrain_backbone(args: argparse.Namespace) -> int:
     from app.param_options import check_params, params_from_args
     from engine.jobs import run_job
@@ -412,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.jobs.kinds import EvalParams, TrainAnomalyParams
     from engine.jobs.kinds_agssp import PseudoBoxesParams
     from engine.jobs.kinds_agssp_pretrain import PretrainBackboneParams
+    from engine.jobs.kinds_defect_segmentation import TrainSegmentationParams
     from engine.jobs.kinds_detector import TrainDetectorParams, TrainOpenDetectorParams
     from engine.jobs.kinds_unified import TrainUnifiedParams
 
@@ -440,6 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "boxes at inference time")
     add_param_options(to, TrainOpenDetectorParams)
     to.set_defaults(func=cmd_train_open_detector)
+    tsg = train_sub.add_parser("segmentation", help="defect segmentation: one class per defect type, learned from "
+                                                     "masks (real, plus --extra folders such as synthetic defects)")
+    seg_fields = describe_params(TrainSegmentationParams)
+    # Folders are listed, not comma-joined: a path may contain a comma.
+    tsg.add_argument("--extra", nargs="+", default=None, metavar="DIR", help=seg_fields["extra"].description)
+    add_param_options(tsg, TrainSegmentationParams, exclude=("extra",))
+    tsg.set_defaults(func=cmd_train_segmentation)
 
     pre = sub.add_parser("pretrain", help="pretrain on unlabelled images (anomaly-guided, AGSSP)")
     pre_sub = pre.add_subparsers(dest="stage", required=True)

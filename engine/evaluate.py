@@ -2,7 +2,8 @@
 
 Which evaluation runs is chosen by the model's task (`EVALUATORS`): scoring models (anomaly) through the one scoring
 loop (engine.scoring) with anomaly metrics, detectors with COCO metrics on the detection split
-(engine.detection_eval).
+(engine.detection_eval), defect segmentation models with mIoU and IoU per class on the images they did not train on
+(engine.segmentation_eval).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from engine.jobs.registry import Progress
 from engine.metrics import evaluate_anomaly
 from engine.runtime.model_format import ModelInfo, open_model, read_model_info
 from engine.scoring import Scored, is_ng, score_samples
+from engine.segmentation_eval import evaluate_segmentation
 
 
 def evaluate(
@@ -169,7 +171,7 @@ def _per_defect(per_image: list[dict]) -> dict:
 Evaluator = Callable[[ModelInfo, str | Path, str | None, str | Path | None, str, Progress | None, str | Path | None],
                      dict]
 # model task -> its evaluation; tasks not listed are evaluated as image scorers (open_model refuses non-scorers)
-EVALUATORS: dict[str, Evaluator] = {"detector": evaluate_detector}
+EVALUATORS: dict[str, Evaluator] = {"detector": evaluate_detector, "segmentation": evaluate_segmentation}
 
 
 def eval_job(params: EvalParams, progress: Progress) -> dict:

@@ -11,8 +11,8 @@ import pytest
 
 from tests.test_cli import REPO, assert_clean_error, run_cli
 
-KIND_MODULES = ["kinds", "kinds_agssp", "kinds_agssp_pretrain", "kinds_autoprompt", "kinds_detector", "kinds_multimodal",
-                "kinds_sam_import", "kinds_segmenter", "kinds_unified"]
+KIND_MODULES = ["kinds", "kinds_agssp", "kinds_agssp_pretrain", "kinds_autoprompt", "kinds_defect_segmentation",
+                "kinds_detector", "kinds_multimodal", "kinds_sam_import", "kinds_segmenter", "kinds_unified"]
 
 
 def test_train_anomaly_refuses_an_image_size_the_export_cannot_honour(tmp_path):
@@ -46,6 +46,7 @@ def test_cli_values_are_converted_and_refused_one_line_naming_the_option(tmp_pat
     (["train", "unified", "--data", "d", "--out", "o", "--categories", "a"], "train_unified"),
     (["eval", "--model", "m", "--data", "d"], "eval"),
     (["train", "open-detector", "--data", "d", "--out", "o"], "train_open_detector"),
+    (["train", "segmentation", "--data", "d", "--out", "o"], "train_segmentation"),
 ])
 def test_cli_defaults_and_choices_are_the_params_models(argv, kind):
     from app.cli import build_parser
@@ -158,7 +159,7 @@ def test_job_kinds_declare_their_model_output():
 
     with_models = {name for name, kind in job_kinds().items() if kind.model_output}
     assert with_models == {"train_anomaly", "train_detector", "train_open_detector", "train_multimodal",
-                           "train_unified"}
+                           "train_unified", "train_segmentation"}
     for name in with_models:
         kind = job_kinds()[name]
         assert kind.model_output in kind.outputs.values()

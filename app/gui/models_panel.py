@@ -31,6 +31,7 @@ from app.gui.engine_link import EngineLink, gui_settings
 from app.gui.tasks import run_in_background
 from engine.client import JobView
 from engine.jobs.registry import model_output
+from engine.runtime import defect_segmentation_format
 from engine.runtime.model_format import ModelInfo, read_model_info
 
 FOLDERS_KEY = "models/folders"  # a JSON list: QSettings turns a one-element list into a plain string in ini
@@ -40,7 +41,8 @@ ERROR_COLOR = QColor(200, 30, 30)
 
 
 KIND_NAMES = {"multimodal": "RGB + 3D (memory banks, cross-modal stand-ins)",
-              "unified": "unified (one model for many products)"}
+              "unified": "unified (one model for many products)",
+              "defect_segmentation": "defect segmentation (one class per defect type, from masks)"}
 
 
 def describe_metadata(meta: dict, kind: str | None = None) -> str:
@@ -48,7 +50,8 @@ def describe_metadata(meta: dict, kind: str | None = None) -> str:
     tr = meta.get("training") or {}
     if kind is None:  # an engine job's result carries the metadata only
         kind = ("multimodal" if meta.get("format") == "defectscope.multimodal"
-                else "unified" if meta.get("kind") == "anomaly/unified" else None)
+                else "unified" if meta.get("kind") == "anomaly/unified"
+                else "defect_segmentation" if meta.get("format") == defect_segmentation_format.FORMAT else None)
     rows = [
         ("model", KIND_NAMES.get(kind or "")),
         ("products", ", ".join(meta.get("products") or []) or None),

@@ -9,6 +9,7 @@ from engine.jobs import (
     kinds_agssp,
     kinds_agssp_pretrain,
     kinds_autoprompt,
+    kinds_defect_segmentation,
     kinds_detector,
     kinds_multimodal,
     kinds_sam_import,
@@ -16,5 +17,5 @@ from engine.jobs import (
     kinds_unified,
 )
 
-BUILTIN_KIND_MODULES = (kinds, kinds_agssp, kinds_agssp_pretrain, kinds_autoprompt, kinds_detector, kinds_multimodal,
-                        kinds_sam_import, kinds_segmenter, kinds_unified)
+BUILTIN_KIND_MODULES = (kinds, kinds_agssp, kinds_agssp_pretrain, kinds_autoprompt, kinds_defect_segmentation,
+                        kinds_detector, kinds_multimodal, kinds_sam_import, kinds_segmenter, kinds_unified)

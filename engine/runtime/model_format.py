@@ -14,6 +14,8 @@ Formats, in the order they are tried:
   open_detector open_detector.json + .onnx + class_queries.npy (classes asked for by text or example boxes;
                 engine.runtime.open_detector_format)
   external_detector  external_detector.json + the ONNX file it names (a detector exported elsewhere)
+  defect_segmentation  defect_segmentation.json + .onnx (per-pixel defect classes learned from masks;
+                engine.runtime.defect_segmentation_format)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 
 from engine.datasets.types import Sample
 from engine.errors import ModelError
-from engine.runtime import detector_format, open_detector_format, segmenter_format
+from engine.runtime import defect_segmentation_format, detector_format, open_detector_format, segmenter_format
 
 # The model folders' file names, defined here once (the runtimes and trainers import them from here).
 MODEL_FILE = "model.onnx"
@@ -37,11 +39,13 @@ MULTIMODAL_METADATA_FILE = "multimodal.json"
 MULTIMODAL_BANKS_FILE = "banks.npz"
 SEGMENTER_METADATA_FILE = segmenter_format.METADATA_FILE
 
-TASKS = ("anomaly", "segmenter", "detector", "generator")
+# "segmenter": promptable (a box or clicks in, a mask out); "segmentation": per-pixel defect classes, no prompt.
+TASKS = ("anomaly", "segmenter", "detector", "segmentation", "generator")
 SCORE_UNITS = {  # what a score means, shown beside it
     "normalised": "0 = a typical good part, 0.5 = the decision threshold",
     "good_std": "standard deviations above held-out good parts (0 = their mean)",
-    "confidence": "confidence 0..1 of the most confident box found",
+    "confidence": "confidence 0..1 of the most confident finding (a detector's top box, a segmentation model's most "
+                  "defect-like pixel)",
     "none": "this model does not score images",
 }
 
@@ -249,3 +253,18 @@ register_model_format(ModelFormat("open_detector", "detector", open_detector_for
 # The ONNX file's name is the description's "model" field, so the runtime checks it when it opens the folder.
 register_model_format(ModelFormat("external_detector", "detector", detector_format.EXTERNAL_DESCRIPTION_FILE, (),
                                   "confidence", 0.5, _open_detector, threshold_key="score_threshold"))
+
+
+def _open_defect_segmentation(info: ModelInfo, device: str) -> Scorer:
+    from engine.runtime.defect_segmentation import DefectSegmentationScorer
+
+    return DefectSegmentationScorer(info, device)
+
+
+# Scored by its most defect-like pixel (1 - p(background)) with that probability as the map, so the scoring loops,
+# eval / infer and the workbench's heatmaps take it as they are; its per-class labels are the runtime's.
+register_model_format(ModelFormat(defect_segmentation_format.KIND, defect_segmentation_format.TASK,
+                                  defect_segmentation_format.METADATA_FILE,
+                                  (defect_segmentation_format.MODEL_FILE,), "confidence",
+                                  defect_segmentation_format.LABEL_THRESHOLD, _open_defect_segmentation,
+                                  threshold_key="score_threshold"))

@@ -17,7 +17,9 @@ from app.gui.models_panel import ModelsPanel
 from engine.errors import DefectScopeError
 from engine.runtime.model_format import ModelInfo, read_model_info
 
-SCORING_TASKS = frozenset({"anomaly", "detector"})  # model tasks that give each image a score (Score dataset)
+# model tasks that give each image a score (Score dataset): a defect segmentation model's is its most defect-like
+# pixel, its heatmap the defect probability
+SCORING_TASKS = frozenset({"anomaly", "detector", "segmentation"})
 
 
 if TYPE_CHECKING:

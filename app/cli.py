@@ -173,6 +173,21 @@ def cmd_pseudo_boxes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from app.param_options import check_params, params_from_args
+    from engine.jobs import run_job
+    from engine.jobs.kinds_synthesis import SynthesizeParams
+
+    params = params_from_args(args, SynthesizeParams)
+    check_params(SynthesizeParams, params)
+    result = run_job("synthesize", params, _progress_printer("synthesize"))
+    per_type = ", ".join(f"{k} {v}" for k, v in result["per_type"].items())
+    donors = ", ".join(f"{k} {len(v)}" for k, v in result["donors"].items())
+    print(f"synthetic set written to {result['run_dir']}: {result['n_images']} images ({per_type}); real donors "
+          f"per type: {donors}; train with --extra {result['run_dir']}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from engine.jobs import run_job
 
@@ -440,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.jobs.kinds_agssp_pretrain import PretrainBackboneParams
     from engine.jobs.kinds_defect_segmentation import TrainSegmentationParams
     from engine.jobs.kinds_detector import TrainDetectorParams, TrainOpenDetectorParams
+    from engine.jobs.kinds_synthesis import SynthesizeParams
     from engine.jobs.kinds_unified import TrainUnifiedParams
 
     p = argparse.ArgumentParser(prog="defectscope", description="DefectScope: industrial visual inspection workbench")
@@ -488,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--exclude", nargs="+", default=[], metavar="ROOT", help=pseudo_fields["exclude"].description)
     add_param_options(pb, PseudoBoxesParams, exclude=("pool", "exclude"))
     pb.set_defaults(func=cmd_pseudo_boxes)
+
+    syn = sub.add_parser("synthesize", help="synthetic defective images with their masks (for training: --extra)")
+    add_param_options(syn, SynthesizeParams)
+    syn.set_defaults(func=cmd_synthesize)
 
     ev = sub.add_parser("eval", help="evaluate a model on a dataset's test split")
     add_param_options(ev, EvalParams)

@@ -300,7 +300,7 @@ def main() -> int:
     ap.add_argument("--time-budget", type=float, default=5400.0, help="seconds of the training loop (at most)")
     ap.add_argument("--epochs", type=int, default=20, help="passes over the training draws (the usual stop)")
     ap.add_argument("--synthetic-images", type=int, default=600,
-                    help="synthetic defects pasted on the sets' good images (trainers.promptseg.synthetic)")
+                    help="synthetic defects pasted on the sets' good images (engine.synthesis.procedural)")
     ap.add_argument("--synthetic-share", type=float, default=0.3, help="their share of the training draws")
     ap.add_argument("--input-size", type=int, default=512)
     ap.add_argument("--embed-dim", type=int, default=128)

@@ -27,6 +27,7 @@ from engine.jobs.registry import Progress
 from engine.metrics.report import evaluate_anomaly
 from engine.metrics.segmentation import confusion, iou_report
 from engine.runtime.model_format import ModelInfo
+from engine.synthesis.synthetic_set import check_not_synthetic
 
 # image (H x W x 3 uint8) -> (labels H x W uint8, defect probability H x W float32), as the exported graph gives them
 Segment = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -98,6 +99,7 @@ def evaluate_segmentation(
     if prompts is not None:
         raise DefectScopeError(f"prompts {prompts}: only an open-set detector takes prompts; {info.folder} is a "
                                f"{info.kind} model")
+    check_not_synthetic(data_root, "evaluation data")
     segmenter = DefectSegmenter(info, device)
     dataset = load_dataset(data_root, category=category)
     training = info.metadata.get("training") or {}

@@ -246,7 +246,7 @@ def test_polygon_labels_rasterise_like_masks() -> None:
 def test_synthetic_defects_change_exactly_their_mask() -> None:
     import cv2
 
-    from trainers.promptseg.synthetic import synthetic_defect
+    from engine.synthesis.procedural import synthetic_defect
 
     rng = np.random.default_rng(3)
     base = np.full((120, 160, 3), 128, np.uint8)

@@ -36,6 +36,7 @@ from engine.datasets.registry import load_dataset
 from engine.datasets.splits import resolve_splits
 from engine.datasets.types import DEFECTIVE, GOOD, Sample
 from engine.errors import DatasetError
+from engine.synthesis.synthetic_set import check_not_synthetic
 
 TRAIN_SPLITS = ("train", "validation")
 DEFAULT_TEST_DRAW_SHARE = 0.5  # shots_per_type None, candidates from test/: half of each type trains
@@ -117,6 +118,7 @@ def load_segmentation_split(root: str | Path, *, category: str | None = None, cl
                             good_images: int | None = None) -> SegmentationSplit:
     """Training and held-out images of the dataset at `root` by the rule above; DatasetError naming the dataset
     (or the field) when it cannot give a model anything to learn from."""
+    check_not_synthetic(root, "the data a model is trained and held out on")
     dataset = load_dataset(root, category=category)
     data_root = dataset.root
     samples = resolve_splits(dataset.samples)

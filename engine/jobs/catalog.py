@@ -14,8 +14,10 @@ from engine.jobs import (
     kinds_multimodal,
     kinds_sam_import,
     kinds_segmenter,
+    kinds_synthesis,
     kinds_unified,
 )
 
 BUILTIN_KIND_MODULES = (kinds, kinds_agssp, kinds_agssp_pretrain, kinds_autoprompt, kinds_defect_segmentation,
-                        kinds_detector, kinds_multimodal, kinds_sam_import, kinds_segmenter, kinds_unified)
+                        kinds_detector, kinds_multimodal, kinds_sam_import, kinds_segmenter,
+                        kinds_synthesis, kinds_unified)

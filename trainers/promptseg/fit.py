@@ -33,6 +33,7 @@ from engine.datasets.imageio import read_image
 from engine.errors import DatasetError, DefectScopeError
 from engine.jobs.registry import Progress
 from engine.runtime import segmenter_format as fmt
+from engine.synthesis.procedural import good_images, synthetic_samples
 from trainers.common.device import resolve_device
 from trainers.common.io import atomic_write
 from trainers.common.onnx_export import cpu_session
@@ -48,7 +49,6 @@ from trainers.promptseg.data import (
 from trainers.promptseg.export import export_segmenter, trunk_taps_model
 from trainers.promptseg.model import ArchConfig, build_sam, decode_batch, exportable_decoder
 from trainers.promptseg.prompts import correction_click, jitter_box
-from trainers.promptseg.synthetic import good_images, synthetic_samples
 
 PAD, NEG, POS, BOX_TL, BOX_BR = -1.0, 0.0, 1.0, 2.0, 3.0
 EVAL_LIMIT = 128  # defect variants measured per figure in segmenter.json (every k-th, spread over the set)

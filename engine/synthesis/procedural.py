@@ -1,4 +1,12 @@
-"""Synthetic defects on good images: extra (image, mask) pairs for the segmenter when real masks are few.
+"""Procedural synthetic defects on good images, each with its exact mask: the fast default of defect synthesis.
+
+Two generators share this module:
+- `synthetic_defect` / `synthetic_samples`: generic, untyped defects for the promptable segmenter (below);
+- `pasted_defect` / `typed_samples`: a real defect of a known type cut out along its mask and pasted onto a good
+  part (flipped, turned, re-placed, edge feathered), so the sample carries that type's label; the supervised defect
+  segmentation model and the synthesis job use it.
+
+Generic defects, for the segmenter when real masks are few:
 
 An inspection dataset has hundreds of good images and a few dozen defect masks; a category with nine masked
 images teaches the decoder little about where a defect ends. Following DRAEM's anomaly synthesis (a random
@@ -12,6 +20,7 @@ defect types themselves.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -148,3 +157,88 @@ def synthetic_samples(goods: list[tuple[Path, str]], n: int, seed: int
         texture = read_image(tex_path)  # both H x W x 3 RGB (read_image converts grayscale)
         img, mask = synthetic_defect(image, texture, rng)
         yield img, mask, f"synthetic|{g}"
+
+
+# ------------------------------------------------------------------------------------------- typed cut-paste
+MIN_DONOR_PIXELS = 4  # a donor mask smaller than this carries no defect worth pasting
+
+
+@dataclass(frozen=True)
+class Donor:
+    """A real defect to paste: its image, its bool mask and its defect type."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    defect_type: str
+
+
+def _donor_patch(donor: Donor, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The donor's defect cut to its mask's bounding box (with a margin for the feathered edge), randomly flipped
+    and turned by quarter turns: (patch H x W x 3 float32, mask H x W bool)."""
+    ys, xs = np.nonzero(donor.mask)
+    margin = 2
+    y0, y1 = max(0, ys.min() - margin), min(donor.mask.shape[0], ys.max() + 1 + margin)
+    x0, x1 = max(0, xs.min() - margin), min(donor.mask.shape[1], xs.max() + 1 + margin)
+    patch = donor.image[y0:y1, x0:x1].astype(np.float32)
+    mask = donor.mask[y0:y1, x0:x1]
+    if rng.random() < 0.5:
+        patch, mask = patch[:, ::-1], mask[:, ::-1]
+    if rng.random() < 0.5:
+        patch, mask = patch[::-1], mask[::-1]
+    turns = int(rng.integers(4))
+    return np.ascontiguousarray(np.rot90(patch, turns)), np.ascontiguousarray(np.rot90(mask, turns))
+
+
+def pasted_defect(good: np.ndarray, donor: Donor, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(good image with the donor's defect pasted, bool mask of exactly the pasted defect pixels).
+
+    The patch is shrunk when it does not fit; its brightness is shifted by the difference of the two images'
+    surroundings, so a defect from a darker tile does not arrive with a dark halo; the edge is feathered over
+    one pixel outside the mask only, so every mask pixel shows the donor's defect."""
+    if donor.mask.sum() < MIN_DONOR_PIXELS:
+        raise DefectScopeError(f"defect type '{donor.defect_type}': a donor mask has fewer than "
+                               f"{MIN_DONOR_PIXELS} pixels")
+    patch, mask = _donor_patch(donor, rng)
+    H, W = good.shape[:2]
+    h, w = mask.shape
+    if h > H or w > W:
+        f = min(H / h, W / w)
+        size = (max(1, int(w * f)), max(1, int(h * f)))
+        patch = cv2.resize(patch, size, interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+        h, w = mask.shape
+    y0, x0 = _place(good, h, w, rng)
+    img = good.astype(np.float32)
+    region = img[y0:y0 + h, x0:x0 + w]
+    ring = ~mask
+    if ring.any():
+        patch = patch + (region[ring].mean(0) - patch[ring].mean(0))
+    alpha = np.maximum(mask.astype(np.float32), cv2.GaussianBlur(mask.astype(np.float32), (3, 3), 0))[..., None]
+    out = img.copy()
+    out[y0:y0 + h, x0:x0 + w] = alpha * patch + (1 - alpha) * region
+    full = np.zeros((H, W), bool)
+    full[y0:y0 + h, x0:x0 + w] = mask
+    return np.clip(out, 0, 255).astype(np.uint8), full
+
+
+def typed_samples(goods: Sequence[Path], donors: dict[str, Sequence[tuple[Path, Path]]], count_per_type: int,
+                  seed: int) -> Iterator[tuple[np.ndarray, np.ndarray, str, str]]:
+    """count_per_type (image, mask, defect type, donor image name) per type: each a real donor of that type
+    ({type: [(image path, mask path)]}) pasted on a good image, drawn by `seed`; made lazily (one image in
+    memory at a time)."""
+    from engine.datasets.imageio import read_mask
+
+    if not goods:
+        raise DefectScopeError("pasting defects needs good images, and the dataset has none in its training split")
+    rng = np.random.default_rng(seed)
+    for defect_type in sorted(donors):
+        pairs = list(donors[defect_type])
+        if not pairs:
+            raise DefectScopeError(f"defect type '{defect_type}': no real defect with a mask to paste")
+        for _ in range(count_per_type):
+            image_path, mask_path = pairs[int(rng.integers(len(pairs)))]
+            good = read_image(goods[int(rng.integers(len(goods)))])
+            donor_image = read_image(image_path)
+            mask = read_mask(mask_path, donor_image.shape[:2])
+            image, pasted = pasted_defect(good, Donor(donor_image, mask, defect_type), rng)
+            yield image, pasted, defect_type, image_path.name

@@ -1,0 +1,47 @@
+"""The synthesize job kind: synthetic defective images with their masks, written as a synthetic set
+(engine.synthesis.synthetic_set) that training takes with --extra.
+
+Method "procedural" (the fast default, torch-free): real defects of each type, cut along their masks, pasted on
+good parts (engine.synthesis.procedural). Donors are only the real images a model trained with the same
+`shots_per_type` and `shots_seed` would train on (engine.datasets.segmentation's rule), so synthesis never copies a
+held-out defect into training.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from engine.jobs.registry import JobKind, register_job_kind
+
+
+class SynthesizeParams(BaseModel, extra="forbid"):
+    data: str = Field(description="real dataset with defect masks (MVTec layout: ground_truth/<defect type>/)")
+    out: str = Field(description="new folder for the synthetic set (MVTec layout, train/ only, synthetic.json)")
+    method: Literal["procedural"] = Field(default="procedural",
+                                          description="procedural: real defects cut along their masks and pasted "
+                                                      "on good parts")
+    category: str | None = Field(default=None, description="category (sub-folder) of a dataset with several")
+    classes: list[str] | None = Field(default=None, min_length=1,
+                                      description="defect types to synthesise (default: every type with masks)")
+    count_per_type: int = Field(default=50, ge=1, le=100_000, description="synthetic images per defect type")
+    shots_per_type: int | None = Field(default=None, ge=1, le=100_000,
+                                       description="real images per type the donors are drawn from, as "
+                                                   "train segmentation draws them (same shots_seed: same images)")
+    shots_seed: int = Field(default=0, ge=0, description="seed of the draw of the real donor images")
+    seed: int = Field(default=0, ge=0, description="seed of the synthesis (same seed, same images)")
+
+
+register_job_kind(
+    JobKind(
+        name="synthesize",
+        entry="engine.synthesis.job:synthesize_job",
+        params=SynthesizeParams,
+        description="Synthesise defective images with pixel masks (procedural cut-paste of real defects on good "
+                    "parts) into a synthetic set for training",
+        needs_torch=False,
+        outputs={"out": "synthetic_set"},
+        path_params=("data",),
+    )
+)

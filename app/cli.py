@@ -188,6 +188,36 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_generator(args: argparse.Namespace) -> int:
+    from app.param_options import check_params, params_from_args
+    from engine.jobs import run_job
+    from engine.jobs.kinds_generator import TrainGeneratorParams
+
+    params = params_from_args(args, TrainGeneratorParams)
+    check_params(TrainGeneratorParams, params)
+    result = run_job("train_generator", params, _progress_printer("train"))
+    meta = result["metadata"]
+    tr = meta["training"]
+    print(f"generator written to {result['run_dir']}: classes {', '.join(meta['classes'])}; steps {tr['steps']}, "
+          f"seconds {tr['seconds']}, parameters {tr['parameters']} on {tr['device']}; sample it with "
+          f"defectscope sample-generator --generator {result['run_dir']} --out SYN_DIR")
+    return 0
+
+
+def cmd_sample_generator(args: argparse.Namespace) -> int:
+    from app.param_options import check_params, params_from_args
+    from engine.jobs import run_job
+    from engine.jobs.kinds_generator import SampleGeneratorParams
+
+    params = params_from_args(args, SampleGeneratorParams)
+    check_params(SampleGeneratorParams, params)
+    result = run_job("sample_generator", params, _progress_printer("sample"))
+    per_type = ", ".join(f"{k} {v}" for k, v in result["per_type"].items())
+    print(f"synthetic set written to {result['run_dir']}: {result['n_images']} images ({per_type}) from "
+          f"{result['sampling']['drawn']} drawn; train with --extra {result['run_dir']}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from engine.jobs import run_job
 
@@ -455,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.jobs.kinds_agssp_pretrain import PretrainBackboneParams
     from engine.jobs.kinds_defect_segmentation import TrainSegmentationParams
     from engine.jobs.kinds_detector import TrainDetectorParams, TrainOpenDetectorParams
+    from engine.jobs.kinds_generator import SampleGeneratorParams, TrainGeneratorParams
     from engine.jobs.kinds_synthesis import SynthesizeParams
     from engine.jobs.kinds_unified import TrainUnifiedParams
 
@@ -505,6 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_param_options(pb, PseudoBoxesParams, exclude=("pool", "exclude"))
     pb.set_defaults(func=cmd_pseudo_boxes)
 
+    tg = train_sub.add_parser("generator", help="Defect-Gen diffusion generator of defective images with masks")
+    add_param_options(tg, TrainGeneratorParams)
+    tg.set_defaults(func=cmd_train_generator)
+    sg = sub.add_parser("sample-generator", help="sample a Defect-Gen generator into a synthetic set (--extra)")
+    add_param_options(sg, SampleGeneratorParams)
+    sg.set_defaults(func=cmd_sample_generator)
     syn = sub.add_parser("synthesize", help="synthetic defective images with their masks (for training: --extra)")
     add_param_options(syn, SynthesizeParams)
     syn.set_defaults(func=cmd_synthesize)

@@ -12,7 +12,8 @@ import pytest
 from tests.test_cli import REPO, assert_clean_error, run_cli
 
 KIND_MODULES = ["kinds", "kinds_agssp", "kinds_agssp_pretrain", "kinds_autoprompt", "kinds_defect_segmentation",
-                "kinds_detector", "kinds_multimodal", "kinds_sam_import", "kinds_segmenter", "kinds_unified"]
+                "kinds_detector", "kinds_generator", "kinds_multimodal", "kinds_sam_import", "kinds_segmenter",
+                "kinds_synthesis", "kinds_unified"]
 
 
 def test_train_anomaly_refuses_an_image_size_the_export_cannot_honour(tmp_path):

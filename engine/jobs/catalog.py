@@ -11,6 +11,7 @@ from engine.jobs import (
     kinds_autoprompt,
     kinds_defect_segmentation,
     kinds_detector,
+    kinds_generator,
     kinds_multimodal,
     kinds_sam_import,
     kinds_segmenter,
@@ -19,5 +20,5 @@ from engine.jobs import (
 )
 
 BUILTIN_KIND_MODULES = (kinds, kinds_agssp, kinds_agssp_pretrain, kinds_autoprompt, kinds_defect_segmentation,
-                        kinds_detector, kinds_multimodal, kinds_sam_import, kinds_segmenter,
+                        kinds_detector, kinds_generator, kinds_multimodal, kinds_sam_import, kinds_segmenter,
                         kinds_synthesis, kinds_unified)

@@ -1,4 +1,7 @@
-"""`defectscope` command line: train, eval, infer, pseudo-boxes, datasets, demo.
+"""`defectscope` command line: train, eval, infer, pseudo-boxes, synthesize, datasets, demo.
+
+Over 600 lines on purpose for now: one parser, and each command a thin wrapper (parameters from the job's pydantic
+model, run the job, print one summary); splitting the train / engine / jobs groups into modules is due next.
 
 Each subcommand imports what it needs when it runs, so `defectscope infer` never loads torch, and training
 goes through the engine's job registry (the app never imports the trainers).
@@ -118,6 +121,7 @@ def cmd_train_segmentation(args: argparse.Namespace) -> int:
     from app.param_options import check_params, params_from_args
     from engine.jobs import run_job
     from engine.jobs.kinds_defect_segmentation import TrainSegmentationParams
+    from engine.reports import fmt_metric as f
 
     params = params_from_args(args, TrainSegmentationParams, exclude=("extra",))
     if args.extra:
@@ -126,10 +130,6 @@ def cmd_train_segmentation(args: argparse.Namespace) -> int:
     result = run_job("train_segmentation", params, _progress_printer("train"))
     meta = result["metadata"]
     tr, val, parity = meta["training"], meta["validation"], meta["parity"]
-
-    def f(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
-
     per_class = "  ".join(f"{k} {f(v)}" for k, v in (val.get("iou_per_class") or {}).items())
     print(
         f"defect segmentation model written to {result['run_dir']}: classes {', '.join(meta['classes'])}, "
@@ -466,8 +466,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def _format_metrics(r: dict) -> str:
-    def f(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
+    from engine.reports import fmt_metric as f
 
     return (
         f"image AUROC {f(r['image_auroc'])}  pixel AUROC {f(r['pixel_auroc'])}  AU-PRO {f(r['aupro'])}  "

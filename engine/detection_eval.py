@@ -3,7 +3,6 @@ training uses) with COCO metrics (engine.metrics.detection): the detector half o
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from engine.errors import DatasetError
 from engine.jobs.registry import Progress
 from engine.metrics.detection import detection_metrics
 from engine.metrics.detection_match import BACKGROUND, confusion_matrix
+from engine.reports import fmt_metric, write_report
 from engine.runtime.model_format import ModelInfo
 from engine.runtime.open_detector import detector_for
 
@@ -99,17 +99,12 @@ def evaluate_detector(
         "per_image": per_image,
     }
     result["summary"] = _summary(result)
-    if report_path is not None:
-        path = Path(report_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
+    write_report(result, report_path)
     return result
 
 
 def _summary(r: dict) -> str:
-    def f(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
-
+    f = fmt_metric
     per_class = "  ".join(f"{k} {f(v)}" for k, v in r["ap50_per_class"].items())
     return (f"mAP@0.5 {f(r['map50'])}  mAP@[.5:.95] {f(r['map50_95'])}  ({r['n_test']} test images, "
             f"{r['latency_ms']:.1f} ms/image on {r['provider']})\nAP@0.5 per class: {per_class}")

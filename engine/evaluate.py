@@ -8,7 +8,6 @@ loop (engine.scoring) with anomaly metrics, detectors with COCO metrics on the d
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from engine.errors import DatasetError, DefectScopeError
 from engine.jobs.kinds import EvalParams
 from engine.jobs.registry import Progress
 from engine.metrics import evaluate_anomaly
+from engine.reports import write_report
 from engine.runtime.model_format import ModelInfo, open_model, read_model_info
 from engine.scoring import Scored, is_ng, score_samples
 from engine.segmentation_eval import evaluate_segmentation
@@ -128,10 +128,7 @@ def _evaluate_scores(
         "issues": issues,
         "per_image": per_image,
     }
-    if report_path is not None:
-        path = Path(report_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
+    write_report(result, report_path)
     return result
 
 

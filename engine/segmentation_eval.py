@@ -10,7 +10,6 @@ the model did not train on (its metadata lists those).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from engine.errors import DatasetError, DefectScopeError
 from engine.jobs.registry import Progress
 from engine.metrics.report import evaluate_anomaly
 from engine.metrics.segmentation import confusion, iou_report
+from engine.reports import fmt_metric, write_report
 from engine.runtime.model_format import ModelInfo
 from engine.synthesis.synthetic_set import check_not_synthetic
 
@@ -138,17 +138,12 @@ def evaluate_segmentation(
         "data": str(Path(data_root).resolve()),
     }
     result["summary"] = summary(result)
-    if report_path is not None:
-        path = Path(report_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
+    write_report(result, report_path)
     return result
 
 
 def summary(r: dict) -> str:
-    def f(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
-
+    f = fmt_metric
     per_class = "  ".join(f"{k} {f(v)}" for k, v in r["iou_per_class"].items())
     return (f"mIoU {f(r['miou'])}  background IoU {f(r['background_iou'])}  image AUROC {f(r['image_auroc'])}  "
             f"pixel AUROC {f(r['pixel_auroc'])}  ({r['n_images']} held-out images: {r['n_defective']} defective, "

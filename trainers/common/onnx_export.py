@@ -12,12 +12,17 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Iterable
+from typing import Any
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
+from engine.datasets.imageio import read_image
+from engine.errors import DefectScopeError
 from trainers.common.efficientnet_lite import PIXEL_MEAN, PIXEL_STD
 from trainers.common.onnx_graph import IMAGE_INPUT, IR_VERSION, OPSET
 
@@ -111,3 +116,20 @@ def rewired_nodes(core: onnx.ModelProto, core_input: str, source: str) -> list[o
         node.input[:] = [source if name == core_input else name for name in node.input]
         nodes.append(node)
     return nodes
+
+
+def parity_check_images(samples: Iterable[Any], n: int = 3) -> list[np.ndarray]:
+    """A few real images and an odd-shaped crop of one: parity is checked where aspect ratios round."""
+    images = []
+    for s in samples:
+        try:
+            images.append(read_image(s.image_path))
+        except DefectScopeError:
+            continue
+        if len(images) >= n:
+            break
+    if images:
+        img = images[0]
+        h, w = img.shape[:2]
+        images.append(np.ascontiguousarray(img[: max(8, h * 2 // 3 + 1), : max(8, w - 3)]))
+    return images

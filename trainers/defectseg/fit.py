@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.datasets.imageio import read_image
 from engine.datasets.segmentation import SegmentationSplit, SegSample
-from engine.errors import DatasetError, DefectScopeError
+from engine.errors import DatasetError
 from trainers.common.device import resolve_device
+from trainers.common.onnx_export import parity_check_images
 from trainers.defectseg.data import build_cache, views_per_image
 from trainers.defectseg.export import publish
 from trainers.defectseg.losses import segmentation_loss
@@ -67,21 +67,6 @@ def view_batches(image_of: np.ndarray, batch_size: int, rng: np.random.Generator
                 pending = []
 
 
-def _parity_images(samples: Sequence[SegSample], n: int = 3) -> list[np.ndarray]:
-    """A few real images and an odd-shaped crop of one: parity is checked where aspect ratios round."""
-    images = []
-    for s in samples:
-        try:
-            images.append(read_image(s.image_path))
-        except DefectScopeError:
-            continue
-        if len(images) >= n:
-            break
-    if images:
-        img = images[0]
-        h, w = img.shape[:2]
-        images.append(np.ascontiguousarray(img[: max(8, h * 2 // 3 + 1), : max(8, w - 3)]))
-    return images
 
 
 def train_segmentation(split: SegmentationSplit, out: str | Path, cfg: FitConfig,
@@ -151,7 +136,7 @@ def train_segmentation(split: SegmentationSplit, out: str | Path, cfg: FitConfig
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads", "config": asdict(cfg),
         "loss_history": history, "skipped_images": skipped, "dataset_issues": split.issues[:50],
     }
-    meta = publish(net.cpu(), out, split.classes, _parity_images(train), split.held_out, training, split.root,
+    meta = publish(net.cpu(), out, split.classes, parity_check_images(train), split.held_out, training, split.root,
                    lambda f, m: progress(0.9 + 0.1 * f, m))
     progress(1.0, f"defect segmentation model written to {out}")
     return {"run_dir": str(out), "metadata": meta}

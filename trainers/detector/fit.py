@@ -23,7 +23,7 @@ import torch
 from engine.datasets.imageio import read_image
 from engine.errors import DatasetError, DefectScopeError, ModelError
 from trainers.common.device import resolve_device
-from trainers.common.onnx_export import cpu_session, trace_to_onnx
+from trainers.common.onnx_export import cpu_session, parity_check_images, trace_to_onnx
 from trainers.detector.augment import augment
 from trainers.detector.export import STATE_FILE, publish
 from trainers.detector.frame import frame_scale, to_frame
@@ -300,7 +300,7 @@ def train_detector(dataset: Any, out: str | Path, cfg: FitConfig, progress: Prog
     det.eval()
     val_loss = validation_loss(det, val, device)
     progress(0.92, "exporting to ONNX, checking parity, validating")
-    parity_images = _parity_images(train + val)
+    parity_images = parity_check_images(train + val)
     training = {
         "n_train_images": len(set(cache.image_of.tolist())), "n_train_images_available": n_train_available,
         "label_fraction": cfg.label_fraction, "n_validation_images": len(val),
@@ -333,20 +333,3 @@ def validation_loss(det: Detector, samples: list, device: torch.device) -> float
         total += float(detection_loss(cls, ctr, dist, cls_t[None].to(device), reg_t[None].to(device))["total"])
         n += 1
     return round(total / n, 4) if n else None
-
-
-def _parity_images(samples: list, n: int = 3) -> list[np.ndarray]:
-    """A few real images and an odd-shaped crop of one: parity is checked where aspect ratios round."""
-    images = []
-    for s in samples:
-        try:
-            images.append(read_image(s.image_path))
-        except DefectScopeError:
-            continue
-        if len(images) >= n:
-            break
-    if images:
-        img = images[0]
-        h, w = img.shape[:2]
-        images.append(np.ascontiguousarray(img[: max(8, h * 2 // 3 + 1), : max(8, w - 3)]))
-    return images

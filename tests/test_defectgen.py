@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 T, S, STEPS = 1000, 400, 50
+TYPES = ["dark_disc", "bright_bar"]  # _shapes: type 1 dark blobs, type 2 bright bars (write_mvtec's names)
 
 
 def plan_problems(plan: list[PlanStep], num_timesteps: int, switch_step: int) -> list[str]:
@@ -87,9 +88,9 @@ class Recorder(torch.nn.Module):
         self.inner = inner
         self.seen: list[int] = []
 
-    def forward(self, x, t):
+    def forward(self, x, t, class_labels=None):
         self.seen += sorted(set(t.tolist()))
-        return self.inner(x, t)
+        return self.inner(x, t, class_labels=class_labels)
 
 
 def test_sampling_runs_the_large_model_exactly_on_t_at_least_s_and_the_small_one_below():
@@ -100,7 +101,7 @@ def test_sampling_runs_the_large_model_exactly_on_t_at_least_s_and_the_small_one
     cfg = _tiny_config(sampling_steps=STEPS)
     torch.manual_seed(0)
     large, small = (Recorder(m.eval()) for m in build_models(cfg, 2))
-    out = sample(large, small, cfg, 2, n=2, seed=0)
+    out = sample(large, small, cfg, 2, labels=[0, 1], seed=0)
     plan = sampling_plan(T, S, STEPS)
     assert large.seen == [p.t for p in plan if p.t >= S]
     assert small.seen == [p.t for p in plan if p.t < S]
@@ -110,8 +111,9 @@ def test_sampling_runs_the_large_model_exactly_on_t_at_least_s_and_the_small_one
 
 
 def _shapes(n: int, size: int = 32, seed: int = 0):
-    """Textured grey surfaces, each with one defect: type 1 a dark blob, type 2 a bright thin bar."""
-    from trainers.defectgen.data import encode
+    """Defect windows of textured grey surfaces, each with one defect: type 1 a dark blob, type 2 a bright thin
+    bar."""
+    from trainers.defectgen.data import WindowBank, encode
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
@@ -128,7 +130,9 @@ def _shapes(n: int, size: int = 32, seed: int = 0):
             img[m] = 225 + rng.normal(0, 6, m.sum())
         labels = np.where(m, kind, 0)
         out.append(encode(np.repeat(np.clip(img, 0, 255).astype(np.uint8)[..., None], 3, 2), labels, 2))
-    return torch.from_numpy(np.stack(out))
+    kinds = [i % 2 for i in range(n)]
+    return WindowBank(torch.from_numpy(np.stack(out)), torch.tensor(kinds),
+                      {name: [size] * (n // 2) for name in TYPES})
 
 
 @pytest.fixture(scope="module")
@@ -137,10 +141,11 @@ def trained(tmp_path_factory):
     from trainers.defectgen.store import save_generator
 
     torch.set_num_threads(1)
-    cfg = _tiny_config(steps=100)
+    cfg = _tiny_config(steps=200)
     large, small, report = fit_generator(_shapes(16), 2, cfg, seed=0)
     folder = tmp_path_factory.mktemp("gen")
-    save_generator(folder, large, small, cfg, ["blob", "bar"], {"steps": report.steps})
+    save_generator(folder, large, small, cfg, TYPES, {"steps": report.steps, "window_sides": {t: [24, 40] for t in TYPES},
+                                                      "draw": {"shots_per_type": 2, "shots_seed": 0}})
     return large, small, cfg, folder, report
 
 
@@ -148,56 +153,78 @@ def test_sampling_is_deterministic(trained):
     from trainers.defectgen.sample import sample
 
     large, small, cfg, _folder, _report = trained
-    a = sample(large, small, cfg, 2, n=3, seed=7)
-    b = sample(large, small, cfg, 2, n=3, seed=7)
-    c = sample(large, small, cfg, 2, n=3, seed=8)
+    a = sample(large, small, cfg, 2, labels=[0, 1, 0], seed=7)
+    b = sample(large, small, cfg, 2, labels=[0, 1, 0], seed=7)
+    c = sample(large, small, cfg, 2, labels=[0, 1, 0], seed=8)
     assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
     assert not np.array_equal(a.images, c.images)
+    with pytest.raises(ValueError, match="defect type indices"):
+        sample(large, small, cfg, 2, labels=[2], seed=0)
 
 
 @pytest.mark.slow
-def test_tiny_training_paints_defects_where_its_masks_are(trained):
-    """Dark blobs (type 1) and bright bars (type 2) on grey: the sampled masks must sit on dark and bright pixels
-    respectively, which an image-mask pair drawn independently would not."""
+def test_tiny_training_paints_the_asked_type_where_its_masks_are(trained):
+    """Dark blobs (type 1) and bright bars (type 2) on grey, asked for by type: each sample's mask must be mostly
+    of the type asked for, and sit on dark or bright pixels respectively, which an image-mask pair drawn
+    independently (or a type drawn at random) would not."""
     from trainers.defectgen.sample import sample
 
     large, small, cfg, _folder, report = trained
     assert report.loss_history["large"][-1]["loss"] < report.loss_history["large"][0]["loss"]
-    out = sample(large, small, cfg, 2, n=16, seed=1)
+    asked = [0] * 8 + [1] * 8
+    out = sample(large, small, cfg, 2, labels=asked, seed=1)
     grey = out.images.astype(np.float64).mean(-1)
-    background = grey[out.masks == 0].mean()
-    present = [k for k in (1, 2) if (out.masks == k).sum() >= 10]
-    assert present, "no sampled defect at all"
-    for k in present:
-        inside = grey[out.masks == k].mean()
+    for k in (0, 1):
+        rows = [i for i, a in enumerate(asked) if a == k]
+        masks, g = out.masks[rows], grey[rows]
+        own, other = int((masks == k + 1).sum()), int((masks == 2 - k).sum())
+        assert own >= 10 and own > 3 * other, (k, own, other)
+        inside, background = g[masks == k + 1].mean(), g[masks == 0].mean()
         # dark blobs darker than the surface, bright bars brighter, by a wide margin
-        assert (background - inside if k == 1 else inside - background) > 30, (k, inside, background)
+        assert (background - inside if k == 0 else inside - background) > 30, (k, inside, background)
 
 
-def test_generator_folder_round_trip_and_synthetic_set(trained, tmp_path):
+def test_generator_jobs_train_on_defect_windows_and_paste_onto_good_parts(tmp_path):
+    """train_generator and sample_generator through the engine's job runner, as the CLI and the GUI run them,
+    on a generated MVTec set: windows around the drawn defects only, and synthetic images that are the dataset's
+    good training parts with a generated defect whose mask is where the image changed."""
     import engine.jobs.kinds_generator  # noqa: F401  (registers the kinds until engine.jobs.catalog lists them)
     from engine.datasets.imageio import read_image, read_mask
     from engine.jobs import run_job
     from engine.synthesis.synthetic_set import read_manifest
+    from tests.test_defect_segmentation import write_mvtec
     from trainers.defectgen.sample import sample
     from trainers.defectgen.store import load_generator
 
-    large, small, cfg, folder, _report = trained
-    l2, s2, cfg2, meta = load_generator(folder)
-    assert cfg2 == cfg and meta["classes"] == ["blob", "bar"]
-    assert meta["channels"] == ["R", "G", "B", "background", "blob", "bar"]
-    a, b = sample(large, small, cfg, 2, n=2, seed=3), sample(l2, s2, cfg2, 2, n=2, seed=3)
+    torch.set_num_threads(1)
+    data = write_mvtec(tmp_path / "tiles")
+    gen = tmp_path / "gen"
+    result = run_job("train_generator", {"data": str(data), "out": str(gen), "shots_per_type": 2, "steps": 3,
+                                         "batch_size": 2, "device": "cpu"})
+    tr = result["metadata"]["training"]
+    assert len(tr["trained_on"]) == 4 and tr["steps"] == {"large": 3, "small": 3}
+    assert tr["n_windows"] == 4 * 12 and all(len(v) == 24 for v in tr["window_sides"].values())
+    assert all(16 <= side <= 128 for v in tr["window_sides"].values() for side in v)
+    large, small, cfg, meta = load_generator(gen)
+    assert meta["classes"] == sorted(meta["classes"]) and cfg.resolution == 64
+    a, b = sample(large, small, cfg, 2, labels=[0, 1], seed=3), sample(large, small, cfg, 2, labels=[0, 1], seed=3)
     assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
-    # through the engine's job runner, as the CLI and the GUI run it
-    result = run_job("sample_generator", {"generator": str(folder), "out": str(tmp_path / "syn"),
-                                          "count_per_type": 1, "sampling_steps": 10, "width": 40, "height": 48,
-                                          "device": "cpu", "max_draws_factor": 4})
+
+    # the 3-step generator paints noise; sampling keeps the windows that painted their type and redraws the rest
+    run_job("sample_generator", {"generator": str(gen), "out": str(tmp_path / "syn"), "count_per_type": 2,
+                                 "sampling_steps": 4, "device": "cpu", "max_draws_factor": 10})
     manifest = read_manifest(tmp_path / "syn")
-    assert manifest["method"] == "defectgen" and manifest["sampling"]["drawn"] >= 2
-    assert result["n_images"] == sum(manifest["per_type"].values()) >= 1
-    first = manifest["samples"][0]
-    assert read_image(tmp_path / "syn" / first["image"]).shape == (48, 40, 3)
-    assert read_mask(tmp_path / "syn" / first["mask"], (48, 40)).any()
+    assert manifest["method"] == "defectgen" and manifest["good_parts_from"] == str(data)
+    assert manifest["sampling"]["drawn"] >= 2
+    goods = [read_image(p) for p in sorted((data / "train" / "good").glob("*.png"))]
+    for row in manifest["samples"]:
+        image = read_image(tmp_path / "syn" / row["image"])
+        mask = read_mask(tmp_path / "syn" / row["mask"], image.shape[:2])
+        assert image.shape == (128, 128, 3) and mask.any() and row["type"] in meta["classes"]
+        # a good training part, changed only at and next to the mask (the feathered edge)
+        diff = min((np.abs(image.astype(int) - g.astype(int)).max(-1) for g in goods), key=lambda d: (d > 0).sum())
+        from scipy.ndimage import binary_dilation
+        assert not (diff[~binary_dilation(mask, iterations=2)] > 0).any()
 
 
 def test_params_refuse_bad_values_naming_the_field(tmp_path):

@@ -28,8 +28,6 @@ class TrainGeneratorParams(BaseModel, extra="forbid"):
                                                    "shots_seed as train segmentation draws them (None: the "
                                                    "dataset's training split)")
     shots_seed: int = Field(default=0, ge=0, description="seed of the draw of the real training images")
-    good_images: int = Field(default=0, ge=0, le=1_000_000,
-                             description="good images (all background) added from the training split")
     preset: Literal["cpu_tiny", "gpu"] = Field(
         default="cpu_tiny", description="model size: cpu_tiny (64 px, ~1-3 M parameters per model, a CPU smoke "
                                         "run) or gpu (128 px, wider models, a real run on one GPU)")
@@ -66,19 +64,18 @@ register_job_kind(
 class SampleGeneratorParams(BaseModel, extra="forbid"):
     generator: str = Field(description="a trained generator folder (train_generator's out: generator.json)")
     out: str = Field(description="new folder for the synthetic set (MVTec layout, train/ only, synthetic.json)")
+    data: str | None = Field(default=None,
+                             description="dataset whose training good parts receive the generated defects "
+                                         "(default: the one the generator was trained on)")
     count_per_type: int = Field(default=50, ge=1, le=100_000,
-                                description="synthetic images per defect type (a sample's type is its mask's "
-                                            "dominant type; samples without a defect or with two are dropped)")
+                                description="synthetic images per defect type (a generated defect pasted on a "
+                                            "good part; windows that painted nothing of their type are redrawn)")
     sampling_steps: int = Field(default=50, ge=2, le=1000,
                                 description="deterministic DDIM steps over the shared schedule (fewer: faster, "
                                             "coarser)")
-    width: int | None = Field(default=None, ge=16, le=8192,
-                              description="width of the written images (default: the generator's resolution)")
-    height: int | None = Field(default=None, ge=16, le=8192,
-                               description="height of the written images (default: the generator's resolution)")
     max_draws_factor: int = Field(default=20, ge=1, le=1000,
-                                  description="stop after drawing this many times the images asked for (a type "
-                                              "the generator rarely makes is then short)")
+                                  description="stop a type after drawing this many times the images asked for (a "
+                                              "type the generator rarely paints is then short)")
     device: Device = "auto"
     seed: int = Field(default=0, ge=0, description="seed of the sampling (same seed, same images)")
 
@@ -91,6 +88,6 @@ register_job_kind(
         description="Sample a Defect-Gen generator into a synthetic set (images with their masks) for training",
         needs_torch=True,
         outputs={"out": "synthetic_set"},
-        path_params=("generator",),
+        path_params=("generator", "data"),
     )
 )

@@ -2,7 +2,8 @@
 
 Channel layout of every tensor the models see: [R, G, B, background, type 1 .. type K], all scaled to [-1, 1]
 (mask channels one-hot at +1 / -1). Background first, so argmax over the mask channels is the SegSample label
-(0 background, i = class i - 1) with no remapping.
+(0 background, i = class i - 1) with no remapping. Both models are also conditioned on the defect type (a class
+embedding added to the timestep embedding), so a type is asked for, not fished for by rejection.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ class GeneratorConfig:
     num_timesteps: int = 1000  # T
     switch_step: int = 400  # s: model A for t = T-1 .. s, model B for t = s-1 .. 0
     sampling_steps: int = 50
+    # Training windows (trainers.defectgen.data): side = defect box side x U(window_context), centre moved by up
+    # to window_jitter x side, this many random windows per real defect.
+    window_context: tuple[float, float] = (1.5, 3.0)
+    window_jitter: float = 0.2
+    windows_per_defect: int = 12
     # Training constants (a job may override steps, batch size and the time budget).
     steps_large: int = 2000
     steps_small: int = 2000
@@ -76,6 +82,8 @@ class GeneratorConfig:
             spec["block_channels"] = tuple(spec["block_channels"])
             spec["attention"] = tuple(spec["attention"])
             d[key] = UNetSpec(**spec)
+        if "window_context" in d:
+            d["window_context"] = tuple(d["window_context"])
         return cls(**d)
 
     def with_overrides(self, **changes: Any) -> GeneratorConfig:

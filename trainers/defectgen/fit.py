@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from trainers.defectgen.config import GeneratorConfig
-from trainers.defectgen.data import augmented_batch
+from trainers.defectgen.data import WindowBank, augmented_batch
 from trainers.defectgen.diffusion import add_noise, alphas_cumprod
 from trainers.defectgen.model import build_models, n_parameters, predict_x0
 
@@ -31,7 +31,7 @@ class FitReport:
     loss_history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
 
-def _fit_one(model: torch.nn.Module, name: str, data: torch.Tensor, cfg: GeneratorConfig, steps: int,
+def _fit_one(model: torch.nn.Module, name: str, data: WindowBank, cfg: GeneratorConfig, steps: int,
              t_range: tuple[int, int], crop: int | None, gen: torch.Generator, device: torch.device,
              budget_s: float | None, report: FitReport, progress: Progress) -> None:
     alpha_bar = alphas_cumprod(cfg.num_timesteps)
@@ -44,10 +44,11 @@ def _fit_one(model: torch.nn.Module, name: str, data: torch.Tensor, cfg: Generat
         if budget_s is not None and time.monotonic() - t0 > budget_s:
             stopped = True
             break
-        x0 = augmented_batch(data, cfg.batch_size, crop, gen).to(device)
+        x0, labels = augmented_batch(data, cfg.batch_size, crop, gen)
+        x0, labels = x0.to(device), labels.to(device)
         t = torch.randint(t_range[0], t_range[1] + 1, (x0.shape[0],), generator=gen).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
-        pred = predict_x0(model, add_noise(x0, noise, t, alpha_bar), t)
+        pred = predict_x0(model, add_noise(x0, noise, t, alpha_bar), t, labels)
         loss = torch.nn.functional.mse_loss(pred, x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -70,10 +71,10 @@ def _fit_one(model: torch.nn.Module, name: str, data: torch.Tensor, cfg: Generat
     report.loss_history[name] = history
 
 
-def fit_generator(data: torch.Tensor, n_classes: int, cfg: GeneratorConfig, seed: int = 0,
+def fit_generator(data: WindowBank, n_classes: int, cfg: GeneratorConfig, seed: int = 0,
                   device: torch.device | None = None, time_budget_s: float | None = None,
                   progress: Progress | None = None) -> tuple[torch.nn.Module, torch.nn.Module, FitReport]:
-    """Train (large, small) on `data` (N x C x R x R in [-1, 1], trainers.defectgen.data). The time budget is
+    """Train (large, small) on `data` (trainers.defectgen.data: windows N x C x R x R in [-1, 1], type labels). The time budget is
     shared in proportion to each model's steps, so a budget-stopped run still trains both."""
     progress = progress or (lambda _f, _m: None)
     device = device or torch.device("cpu")

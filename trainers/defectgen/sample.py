@@ -6,10 +6,9 @@ drawn from a seeded CPU generator so it does not depend on the device).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 
@@ -33,41 +32,42 @@ def decode(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def sample_tensors(large: torch.nn.Module, small: torch.nn.Module, cfg: GeneratorConfig, n_classes: int, n: int,
-                   seed: int, steps: int | None = None, device: torch.device | None = None) -> torch.Tensor:
-    """N x C x H x W clean samples in [-1, 1]."""
+def sample_tensors(large: torch.nn.Module, small: torch.nn.Module, cfg: GeneratorConfig, n_classes: int,
+                   labels: Sequence[int], seed: int, steps: int | None = None,
+                   device: torch.device | None = None) -> torch.Tensor:
+    """N x C x H x W clean samples in [-1, 1], one per defect type index in `labels`."""
     device = device or torch.device("cpu")
+    n = len(labels)
+    if any(not 0 <= k < n_classes for k in labels):
+        raise ValueError(f"labels {sorted(set(labels))}: defect type indices must be inside 0 .. {n_classes - 1}")
     alpha_bar = alphas_cumprod(cfg.num_timesteps)
     plan = sampling_plan(cfg.num_timesteps, cfg.switch_step, steps or cfg.sampling_steps)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, cfg.channels(n_classes), cfg.resolution, cfg.resolution, generator=gen).to(device)
+    y = torch.tensor(list(labels), dtype=torch.long, device=device)
     for step in plan:
         model = large if step.model == LARGE else small
         t = torch.full((n,), step.t, dtype=torch.long, device=device)
         # Clipping x0 keeps the estimate inside the data range; the mask channels are decoded by argmax anyway.
-        x0 = predict_x0(model, x, t).clamp(-1, 1)
+        x0 = predict_x0(model, x, t, y).clamp(-1, 1)
         x = ddim_step(x, x0, step.t, step.t_prev, alpha_bar)
     return x
 
 
-def sample(large: torch.nn.Module, small: torch.nn.Module, cfg: GeneratorConfig, n_classes: int, n: int, seed: int,
-           steps: int | None = None, size: tuple[int, int] | None = None, batch_size: int = 16,
+def sample(large: torch.nn.Module, small: torch.nn.Module, cfg: GeneratorConfig, n_classes: int,
+           labels: Sequence[int], seed: int, steps: int | None = None, batch_size: int = 16,
            device: torch.device | None = None, progress: Callable[[float, str], None] | None = None) -> Samples:
-    """`n` images with their label masks, at the model resolution or resized to `size` (H, W). Each batch's noise
-    is seeded from `seed` and the batch index: same seed, n and batch_size, same samples."""
+    """One defect window with its label mask per type index in `labels`, at the model resolution. Each batch's
+    noise is seeded from `seed` and the batch index: same seed, labels and batch_size, same samples."""
     images, masks = [], []
+    n = len(labels)
     for b, start in enumerate(range(0, n, batch_size)):
         m = min(batch_size, n - start)
-        x = sample_tensors(large, small, cfg, n_classes, m, seed * 100_003 + b, steps, device)
+        x = sample_tensors(large, small, cfg, n_classes, labels[start:start + m], seed * 100_003 + b, steps,
+                           device)
         img, lab = decode(x)
         images.append(img)
         masks.append(lab)
         if progress:
             progress((start + m) / n, f"sampled {start + m}/{n}")
-    out_img, out_mask = np.concatenate(images), np.concatenate(masks)
-    if size is not None:
-        h, w = size
-        out_img = np.stack([cv2.resize(i, (w, h), interpolation=cv2.INTER_CUBIC) for i in out_img])
-        out_mask = np.stack([cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
-                             for m in out_mask]).astype(np.int64)
-    return Samples(out_img, out_mask)
+    return Samples(np.concatenate(images), np.concatenate(masks))

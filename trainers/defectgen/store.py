@@ -19,7 +19,8 @@ from trainers.common.io import atomic_write
 from trainers.defectgen.config import GeneratorConfig
 from trainers.defectgen.model import build_models
 
-FORMAT = "defectscope-defectgen/1"
+# /2: both models conditioned on the defect type, trained on defect windows (/1 generated whole images)
+FORMAT = "defectscope-defectgen/2"
 META_FILE = "generator.json"
 LARGE_FILE = "large.pt"
 SMALL_FILE = "small.pt"

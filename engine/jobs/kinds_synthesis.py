@@ -1,5 +1,6 @@
 """The synthesize job kind: synthetic defective images with their masks, written as a synthetic set
-(engine.synthesis.synthetic_set) that training takes with --extra.
+(engine.synthesis.synthetic_set) that training takes with --extra; and curate_synthetic_set, which removes the
+samples a person rejected from such a set (engine.synthesis.curate).
 
 Method "procedural" (the fast default, torch-free): real defects of each type, cut along their masks, pasted on
 good parts (engine.synthesis.procedural). Donors are only the real images a model trained with the same
@@ -43,5 +44,26 @@ register_job_kind(
         needs_torch=False,
         outputs={"out": "synthetic_set"},
         path_params=("data",),
+    )
+)
+
+
+class CurateSyntheticSetParams(BaseModel, extra="forbid"):
+    folder: str = Field(description="a synthetic set (synthetic.json) to remove samples from, in place: a folder "
+                                    "or a synthesis job's artifact (job:<id>/synthetic_set)")
+    reject: list[str] = Field(min_length=1, max_length=1_000_000,
+                              description="samples to remove, each named by its image as synthetic.json lists it "
+                                          "(e.g. train/crack/0003.png); their masks go too")
+
+
+register_job_kind(
+    JobKind(
+        name="curate_synthetic_set",
+        entry="engine.synthesis.job:curate_job",
+        params=CurateSyntheticSetParams,
+        description="Remove rejected samples (image and mask files, manifest rows) from a synthetic set",
+        needs_torch=False,
+        # The set is changed where it is (a synthesis job's artifact on the engine): no output of its own.
+        path_params=("folder",),
     )
 )

@@ -1,10 +1,11 @@
-"""Engine entry point of the synthesize job kind (engine.jobs.kinds_synthesis)."""
+"""Engine entry points of the synthesize and curate_synthetic_set job kinds (engine.jobs.kinds_synthesis)."""
 
 from __future__ import annotations
 
 from engine.datasets.segmentation import load_segmentation_split
-from engine.jobs.kinds_synthesis import SynthesizeParams
+from engine.jobs.kinds_synthesis import CurateSyntheticSetParams, SynthesizeParams
 from engine.jobs.registry import Progress
+from engine.synthesis.curate import reject_samples
 from engine.synthesis.procedural import typed_samples
 from engine.synthesis.synthetic_set import write_synthetic_set
 
@@ -32,3 +33,10 @@ def synthesize_job(params: SynthesizeParams, progress: Progress) -> dict:
     progress(1.0, f"{len(manifest['samples'])} synthetic images written")
     return {"run_dir": params.out, "per_type": manifest["per_type"], "n_images": len(manifest["samples"]),
             "donors": info["donors"], "issues": split.issues}
+
+
+def curate_job(params: CurateSyntheticSetParams, progress: Progress) -> dict:
+    progress(0.0, f"removing {len(set(params.reject))} rejected samples from {params.folder}")
+    summary = reject_samples(params.folder, params.reject)
+    progress(1.0, f"{summary['rejected']} samples rejected, {summary['kept']} kept")
+    return summary

@@ -1,7 +1,8 @@
 """The folder synthetic defects are kept in: an MVTec-layout training set tagged synthetic.
 
     <out>/synthetic.json           {"format": FORMAT, "synthetic": true, "method", "source", "seed",
-                                    "per_type": {type: n}, "samples": [{"image", "mask", "type", "donor"}]}
+                                    "per_type": {type: n}, "samples": [{"image", "mask", "type", "donor"}],
+                                    "rejected": n (after curation: samples removed, engine.synthesis.curate)}
     <out>/train/good/              (empty: the layout's marker; good parts come from the real dataset)
     <out>/train/<type>/NNNN.png    synthetic defective images
     <out>/ground_truth/<type>/NNNN_mask.png
@@ -23,6 +24,7 @@ import cv2
 import numpy as np
 
 from engine.errors import DatasetError
+from engine.fsutil import atomic_write_text
 
 FORMAT = "defectscope-synthetic-set/1"
 MANIFEST_FILE = "synthetic.json"
@@ -51,6 +53,23 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DatasetError(f"{path}: not a DefectScope synthetic-set manifest (format {FORMAT} expected)")
     return meta
+
+
+SAMPLE_FIELDS = ("image", "mask", "type")  # what every manifest row holds (and "donor", informative only)
+
+
+def manifest_samples(manifest: dict[str, Any], path: str | Path) -> list[dict[str, Any]]:
+    """The manifest's "samples", each checked to name its image, mask and type (DatasetError naming the row)."""
+    rows = manifest.get("samples")
+    if not isinstance(rows, list):
+        raise DatasetError(f"{path}: \"samples\" must be a list of samples")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}: samples[{i}] must be an object with {', '.join(SAMPLE_FIELDS)}")
+        for field in SAMPLE_FIELDS:
+            if not isinstance(row.get(field), str) or not row[field]:
+                raise DatasetError(f"{path}: samples[{i}].{field} is missing or not a text")
+    return rows
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
@@ -87,7 +106,10 @@ def write_synthetic_set(out: str | Path, samples: Iterable[tuple[np.ndarray, np.
     if not rows:
         raise DatasetError(f"{root}: no synthetic sample was made")
     manifest = {"format": FORMAT, "synthetic": True, **info, "per_type": per_type, "samples": rows}
-    tmp = root / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    tmp.replace(root / MANIFEST_FILE)
+    write_manifest(root, manifest)
     return manifest
+
+
+def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> None:
+    """(Re)write the set's manifest atomically: a reader sees the old one or the new one, never half of it."""
+    atomic_write_text(Path(folder) / MANIFEST_FILE, json.dumps(manifest, indent=2))

@@ -20,6 +20,7 @@ from app.gui.features.models import ModelsFeature
 from app.gui.features.open_set import OpenSetFeature
 from app.gui.features.pretraining import PretrainingFeature
 from app.gui.features.scoring import ScoringFeature
+from app.gui.features.synthesis import SynthesisFeature
 from app.gui.features.text_prompts import TextPromptsFeature
 from app.gui.features.training import TrainingFeature
 from app.gui.features.unified import UnifiedFeature
@@ -45,6 +46,7 @@ FEATURES: tuple[FeatureRow, ...] = (
     FeatureRow("cloud", CloudFeature),  # its "3D" dock appears with the first part that has a point cloud
     FeatureRow("training", TrainingFeature),
     FeatureRow("unified", UnifiedFeature),
+    FeatureRow("synthesis", SynthesisFeature, dock="Synthetic"),  # the gallery of the last synthetic set
 )
 
 __all__ = ["FEATURES", "Feature", "FeatureRow", "MenuEntry"]

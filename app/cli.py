@@ -281,6 +281,20 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_part(args: argparse.Namespace) -> int:
+    """Write a generated high-resolution part set (engine.datasets.demo_highres) in the MVTec layout."""
+    from engine.datasets.demo_highres import generate_highres
+    from engine.errors import DefectScopeError
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise DefectScopeError(f"{out}: the folder is not empty (choose a new one)")
+    root = generate_highres(out, args.part, args.n_train, args.n_test_good, args.n_test_defect, args.seed,
+                            args.height, args.width)
+    print(f"{args.part} parts written to {root} (MVTec layout with masks)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate the demo dataset if needed, train on one category, evaluate, and write heatmaps."""
     from engine.datasets.demo import ensure_demo_dataset
@@ -621,6 +635,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--home", default=None, help="data folder (default: $DEFECTSCOPE_HOME or the user data dir)")
     add_param_options(demo, TrainAnomalyParams, only=("device",))
     demo.set_defaults(func=cmd_demo)
+
+    dp = sub.add_parser("demo-part", help="generate parts at real shape and resolution: an elongated shaft with "
+                                          "hairline cracks, or a 24 MP panel with 15 px defects (MVTec layout)")
+    dp.add_argument("part", choices=["shaft", "panel"])
+    dp.add_argument("--out", required=True, help="new folder for the set")
+    for name, default in (("n-train", 40), ("n-test-good", 10), ("n-test-defect", 10), ("seed", 0)):
+        dp.add_argument(f"--{name}", type=int, default=default)
+    dp.add_argument("--height", type=int, default=None, help="image height (default: the part's: 500 / 4000)")
+    dp.add_argument("--width", type=int, default=None, help="image width (default: the part's: 1250 / 6000)")
+    dp.set_defaults(func=cmd_demo_part)
 
     gui = sub.add_parser("gui", help="open the workbench")
     gui.add_argument("--dataset", default=None, help="dataset folder to open")

@@ -51,12 +51,12 @@ def test_panel_is_24_megapixels_with_15px_defects_and_is_deterministic() -> None
     # each defect about 15 px across: a few hundredths of a percent of the image
     assert all(5 <= max(w, h) <= 20 for _x, _y, w, h, _a in stats[1:])
     assert mask.sum() < 3 * 15 * 15
-    again, mask2 = render("panel", True, seed=0, index=0, height=800, width=1200)
+    again, _mask = render("panel", True, seed=0, index=0, height=800, width=1200)
     assert again.shape == (800, 1200)
     a, m = render("panel", True, seed=0, index=1, height=800, width=1200)
     b, m2 = render("panel", True, seed=0, index=1, height=800, width=1200)
     assert np.array_equal(a, b) and np.array_equal(m, m2)
-    good, gmask = render("panel", False, seed=0, index=1, height=800, width=1200)
+    _good, gmask = render("panel", False, seed=0, index=1, height=800, width=1200)
     assert not gmask.any()
 
 

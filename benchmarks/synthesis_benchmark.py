@@ -179,16 +179,19 @@ def write_results(path: Path, stored: dict, shots: int) -> None:
     else:
         lines.append(f"- Target ((d) beats (a) and (b) by >= {TARGET_POINTS:.0f} mIoU points and beats (c)): not "
                      "measured yet (no cell with all four conditions).")
+    for key, old in sorted(stored.get("superseded", {}).items()):
+        lines.append(f"- Superseded ({key}): mIoU {old['cell']['miou']:.3f}, not in the table: {old['why']}.")
     quality = stored.get("quality", {})
     if quality:
         lines += ["", "Sample quality against the draw's held-out real defects (trainers/defectgen/quality.py; "
                   "features: ImageNet EfficientNet-Lite0 on a window around each defect):", "",
                   "| set | draw | masks aligned (synthetic / real) | check | diversity (synthetic / real) | "
-                  "precision | recall | generator train s | sampling s (kept / drawn) |",
+                  "precision | recall | generator train s (steps large / small) | sampling s (kept / drawn) |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for key in sorted(quality):
             q = quality[key]
-            gen = (f"{q['generator_train_s']:.0f} | {q['sampling_s']:.0f} ({q['kept']} / {q['sampled']})"
+            gen = (f"{q['generator_train_s']:.0f} ({q['generator_steps']['large']} / {q['generator_steps']['small']}) | "
+                   f"{q['sampling_s']:.0f} ({q['kept']} / {q['sampled']})"
                    if "generator_train_s" in q else "- | -")
             lines.append(f"| {q['condition']} | {q['draw']} | {q['aligned_share_synthetic']:.2f} / "
                          f"{q['aligned_share_real']:.2f} | {'pass' if q['alignment_check_passed'] else 'FAIL'} | "

@@ -204,6 +204,7 @@ def test_generator_jobs_train_on_defect_windows_and_paste_onto_good_parts(tmp_pa
     tr = result["metadata"]["training"]
     assert len(tr["trained_on"]) == 4 and tr["steps"] == {"large": 3, "small": 3}
     assert tr["n_windows"] == 4 * 12 and all(len(v) == 24 for v in tr["window_sides"].values())
+    assert tr["grey"] is True  # write_mvtec's parts are grey: the synthetic ones must be too
     assert all(16 <= side <= 128 for v in tr["window_sides"].values() for side in v)
     large, small, cfg, meta = load_generator(gen)
     assert meta["classes"] == sorted(meta["classes"]) and cfg.resolution == 64
@@ -221,6 +222,7 @@ def test_generator_jobs_train_on_defect_windows_and_paste_onto_good_parts(tmp_pa
         image = read_image(tmp_path / "syn" / row["image"])
         mask = read_mask(tmp_path / "syn" / row["mask"], image.shape[:2])
         assert image.shape == (128, 128, 3) and mask.any() and row["type"] in meta["classes"]
+        assert (image.max(-1) == image.min(-1)).all()
         # a good training part, changed only at and next to the mask (the feathered edge)
         diff = min((np.abs(image.astype(int) - g.astype(int)).max(-1) for g in goods), key=lambda d: (d > 0).sum())
         from scipy.ndimage import binary_dilation

@@ -40,6 +40,12 @@ class WindowBank:
     labels: torch.Tensor
     sides: dict[str, list[int]]
 
+    @property
+    def grey(self) -> bool:
+        """Whether every training window is grey (R = G = B): its generated windows must be too."""
+        rgb = self.data[:, :3]
+        return bool((rgb.amax(1) - rgb.amin(1)).abs().max() < 1e-6)
+
 
 def encode(image: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
     """uint8 RGB H x W x 3 and int labels H x W (0 background, i = class i - 1) to C x H x W float32 in [-1, 1]."""

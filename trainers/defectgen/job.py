@@ -54,7 +54,7 @@ def train_generator_job(params: TrainGeneratorParams, progress: Progress) -> dic
         "data": str(split.root), "trained_on": [s.key for s in split.train], "draws": split.draws,
         "draw": {"shots_per_type": params.shots_per_type, "shots_seed": params.shots_seed,
                  "category": params.category},
-        "n_windows": int(data.labels.shape[0]), "window_sides": data.sides,
+        "n_windows": int(data.labels.shape[0]), "window_sides": data.sides, "grey": data.grey,
         "preset": params.preset, "seed": params.seed, "device": str(device),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "seconds_total": round(time.monotonic() - t0, 1), **asdict(report),
@@ -103,6 +103,7 @@ def synthesize_with_generator(generator: str | Path, out: str | Path, count_per_
     large, small, cfg, meta = load_generator(generator, dev)
     classes: list[str] = meta["classes"]
     sides = meta["training"]["window_sides"]
+    grey = bool(meta["training"].get("grey", False))
     source = data or meta["training"]["data"]
     goods = good_parts(source, meta)
     rng = np.random.default_rng(seed)
@@ -121,6 +122,8 @@ def synthesize_with_generator(generator: str | Path, out: str | Path, count_per_
                 stats["drawn"] += m
                 drawn += m
                 for i, (window, labels) in enumerate(zip(got.images, got.masks, strict=True)):
+                    if grey:  # a few steps leave a slight colour cast on grey parts; the data had none
+                        window = np.repeat(window.mean(-1, keepdims=True).round().astype(np.uint8), 3, -1)
                     good = read_image(goods[int(rng.integers(len(goods)))])
                     side = round(float(rng.choice(sides[name])) * rng.uniform(*SCALE_JITTER))
                     donor = _window_donor(window, labels, k, name, max(4, min(side, *good.shape[:2])))

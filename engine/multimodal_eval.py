@@ -2,7 +2,8 @@
 
 Features are computed once per part (both modalities and both stand-ins) and every mode is fused from them,
 so the modes differ only in what they use, not in noise. Per mode: image AUROC, pixel AUROC, AU-PRO (to FPR
-0.3, MVTec's definition), and image AUROC per defect type against the good parts. Parts go through the one
+0.3, MVTec's definition), image AUROC per defect type against the good parts, each part's score (in the order of
+"types") and the mode's fusion weights. Parts go through the one
 scoring loop (engine.scoring); an unreadable part stops the evaluation (every mode needs every part).
 """
 
@@ -87,7 +88,8 @@ def evaluate_multimodal(model_dir: str | Path, data: str | Path, category: str |
     lab = np.array(labels)
     kinds = sorted({t for t, y in zip(types, labels, strict=True) if y})
     result: dict[str, Any] = {"n_test": len(test), "n_defective": int(lab.sum()), "modes": {},
-                              "stand_in_bank": model.stand_in_bank}
+                              "stand_in_bank": model.stand_in_bank, "types": types,
+                              "weights": {m: model.mode_weights(m) for m in modes}}
     for m in modes:
         metrics = evaluate_anomaly(scores[m], lab, maps[m], masks)
         sc = np.array(scores[m])
@@ -99,5 +101,6 @@ def evaluate_multimodal(model_dir: str | Path, data: str | Path, category: str |
                               "pixel_auroc": None if metrics["pixel_auroc"] is None else round(
                                   metrics["pixel_auroc"], 4),
                               "aupro": None if metrics["aupro"] is None else round(metrics["aupro"], 4),
-                              "image_auroc_per_type": per_type}
+                              "image_auroc_per_type": per_type,
+                              "scores": [round(float(v), 5) for v in sc]}
     return result

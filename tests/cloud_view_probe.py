@@ -67,6 +67,28 @@ def main() -> None:
     out["picked"] = list(selected[-1]) if selected else None
     out["marker_visible"] = bool(view.marker.visible())
     out["no_point_select"] = view.select_pixel(0, 0) if not np.any(xyz[0, 0] != 0) else "measured"
+    # a depth scan as real sensors deliver it: an 8-bit map without background shows as relief (its depth range
+    # a fifth of the side, whatever the unit), a 16-bit map's zero background is not drawn as a plane
+    import tempfile
+
+    from engine.datasets.pointcloud import display_cloud
+
+    tmp = Path(tempfile.mkdtemp())
+    yy, xx = np.mgrid[0:128, 0:128].astype(np.float32)
+    bump = 10 * np.exp(-((xx - 64) ** 2 + (yy - 64) ** 2) / 1600)
+    cv2.imwrite(str(tmp / "n8.png"), np.round(130 + 12 * bump).astype(np.uint8))
+    d16 = np.where((np.abs(xx - 64) < 40) & (np.abs(yy - 64) < 40), np.round(3000 - 10 * bump), 0).astype(np.uint16)
+    cv2.imwrite(str(tmp / "m16.png"), d16)
+    cloud, about = display_cloud(tmp / "n8.png")
+    view.set_cloud(cloud, about=about)
+    app.processEvents()
+    out["depth_std"] = float(frame(view).std())
+    out["depth_relief"] = float(np.ptp(view._pos[:, 2]) / np.ptp(view._pos[:, 0]))
+    out["depth_about"] = view.info.text()
+    cloud, about = display_cloud(tmp / "m16.png")
+    view.set_cloud(cloud, about=about)
+    app.processEvents()
+    out["depth_bg_points"], out["depth_bg_part"] = view.n_displayed, int((d16 > 0).sum())
     # a large cloud is decimated for display
     big = np.zeros((800, 800, 3), np.float32)
     yy, xx = np.mgrid[0:800, 0:800].astype(np.float32)

@@ -40,6 +40,10 @@ def test_point_cloud_view_renders_colours_and_links_pixels_both_ways_also_in_the
     assert r["select"] and r["marker_visible"]
     assert r["picked"] == [80, 70]  # clicking the highlighted point selects the same image pixel
     assert r["no_point_select"] in (False, "measured")
+    # a depth map: relief at a fifth of the side, its kind said; a zero background is not drawn as a plane
+    assert r["depth_std"] > 5 and 0.1 < r["depth_relief"] < 0.3, r
+    assert "8-bit depth, no background" in r["depth_about"] and "normalised per image" in r["depth_about"]
+    assert r["depth_bg_points"] == r["depth_bg_part"]
     assert r["big_points"] == 640_000 and r["big_displayed"] <= r["big_limit"] and r["big_std"] > 5
     # in the workbench: a part with a point cloud gets the 3D dock, and a pixel of the image selects its point
     win = probe(str(tmp_path / "demo3d"))

@@ -56,6 +56,10 @@ def test_training_writes_a_complete_model(model_dir: Path) -> None:
     assert set(meta["normalisation"]) == {"rgb>rgb", "geo>geo", "rgb_pred>rgb", "geo_pred>geo", "rgb_pred>rgb_pred",
                                           "geo_pred>geo_pred"}
     assert meta["training"]["n_train"] == 10 and meta["training"]["n_validation"] == 3
+    # xyz clouds keep FPFH; the fusion weights come from the 3 validation parts and are what the model fuses with
+    assert meta["geo_features"] == "fpfh" and "depth" not in meta
+    assert meta["fusion"]["rule"] == "held-out good parts" and meta["fusion"]["n_parts"] == 3
+    assert mm.MultimodalModel(model_dir).weights == meta["fusion"]["weights"]
     assert all(v > 0 for v in meta["training"]["bank_sizes"].values())
     # the preprocessed clouds are cached beside the run, not in the dataset
     assert list((model_dir / "cache" / "clouds").glob("*.npz"))

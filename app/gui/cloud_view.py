@@ -102,9 +102,9 @@ class CloudView(QWidget):
 
     # ------------------------------------------------------------------ data
     def set_cloud(self, xyz: np.ndarray | None, rgb: np.ndarray | None = None,
-                  anomaly: np.ndarray | None = None) -> None:
+                  anomaly: np.ndarray | None = None, about: str | None = None) -> None:
         """Show an organised cloud (H x W x 3, zeros = no point); rgb and anomaly maps of the same grid size
-        (other sizes are resampled by nearest neighbour)."""
+        (other sizes are resampled by nearest neighbour); `about` says what the file is (a depth map's kind)."""
         self.xyz, self.selected = xyz, None
         self.marker.setVisible(False)
         self.depth_marker.clear()
@@ -138,7 +138,7 @@ class CloudView(QWidget):
         self.depth_box.autoRange()
         shown = len(pts)
         self.info.setText(f"{int(valid.sum()):,} points" + (f", every {self.stride}th row/col shown ({shown:,})"
-                                                           if self.stride > 1 else ""))
+                                                           if self.stride > 1 else "") + (f"; {about}" if about else ""))
         self._recolour()
 
     def set_anomaly(self, anomaly: np.ndarray | None) -> None:

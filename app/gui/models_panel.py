@@ -65,11 +65,31 @@ def describe_metadata(meta: dict, kind: str | None = None) -> str:
         ("device", tr.get("device")),
         ("training time", f"{tr['seconds_total']:.1f} s" if isinstance(tr.get("seconds_total"), (int, float))
          else None),
+        ("3D input", _three_d_input(meta) if kind == "multimodal" else None),
+        ("fusion weights", _fusion_weights(meta) if kind == "multimodal" else None),
         ("dataset", meta.get("dataset_root")),
         ("created", meta.get("created")),
         ("version", meta.get("defectscope_version")),
     ]
     return "\n".join(f"{name}: {value}" for name, value in rows if value not in (None, ""))
+
+
+def _three_d_input(meta: dict) -> str | None:
+    """What the RGB + 3D model's 3D sensor delivered at training (the depth kind it detected), and its features."""
+    if meta.get("geo_features") == "depth_image":
+        kind = ((meta.get("depth") or {}).get("kind") or {}).get("description")
+        return f"{kind or 'depth maps'} (geometry-image features)"
+    return "xyz point clouds (FPFH)" if "format" in meta else None
+
+
+def _fusion_weights(meta: dict) -> str | None:
+    """The RGB + 3D model's fusion weights and how they were set."""
+    fusion = meta.get("fusion") or {}
+    w = fusion.get("weights")
+    if not w:
+        return "equal (model trained before fusion weights)"
+    names = (("rgb", "RGB"), ("geo", "3D"), ("geo_pred", "distilled 3D"), ("rgb_pred", "distilled RGB"))
+    return ", ".join(f"{name} {w[k]:.2f}" for k, name in names if k in w) + f" ({fusion.get('rule', '?')})"
 
 
 class ModelsPanel(QWidget):

@@ -8,10 +8,14 @@ a cloud without a single measured point must never surface as a numpy traceback 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.errors import DatasetError
+
+if TYPE_CHECKING:
+    from engine.datasets.depth_kind import DepthKind
 
 
 class PointCloudError(DatasetError):
@@ -46,9 +50,8 @@ def read_xyz(path: str | Path) -> np.ndarray:
     return xyz
 
 
-def read_depth(path: str | Path, scale: float = 1.0) -> np.ndarray:
-    """A depth map (single-channel TIFF or 16-bit PNG) as an organised cloud: x = column, y = row, z = depth *
-    scale; 0 depth = not measured."""
+def read_depth_array(path: str | Path) -> np.ndarray:
+    """A depth map (single-channel PNG or TIFF, any bit depth) as decoded, dtype untouched; errors name the file."""
     p = Path(path)
     if not p.is_file():
         raise PointCloudError(p, "depth-map file not found")
@@ -65,17 +68,64 @@ def read_depth(path: str | Path, scale: float = 1.0) -> np.ndarray:
                 raise ValueError("not a decodable image")
     except Exception as exc:
         raise PointCloudError(p, f"cannot read depth map ({exc.__class__.__name__}: {exc})") from None
+    if depth.size == 0:
+        raise PointCloudError(p, "cannot read depth map (no image data: the file is damaged or truncated)")
     if depth.ndim == 3 and depth.shape[-1] == 1:
         depth = depth[..., 0]
     if depth.ndim != 2:
         raise PointCloudError(p, f"expected a single-channel depth map, found shape {tuple(depth.shape)}")
-    z = np.nan_to_num(depth.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0) * np.float32(scale)
-    if not (z != 0).any():
-        raise PointCloudError(p, "the depth map has no measured point (all zeros)")
+    if not (np.issubdtype(depth.dtype, np.integer) or np.issubdtype(depth.dtype, np.floating)):
+        raise PointCloudError(p, f"expected integer or float depth values, found {depth.dtype}")
+    return depth
+
+
+def read_depth_measured(path: str | Path, kind: DepthKind | None = None) -> tuple[np.ndarray, np.ndarray, DepthKind]:
+    """(H x W float32 depth, H x W bool measured, the kind it was read as) of a depth map: as `kind` says (a
+    model's), else as detected from the file itself (engine.datasets.depth_kind)."""
+    from engine.datasets.depth_kind import detect_depth_kind, measured_mask
+
+    raw = read_depth_array(path)
+    kind = kind or detect_depth_kind(raw)
+    measured = measured_mask(raw, kind)
+    if not measured.any():
+        raise PointCloudError(path, "the depth map has no measured point (all zeros)" if kind.background == "zero"
+                              else "the depth map has no measured point (all NaN)")
+    z = np.where(measured, raw.astype(np.float32), np.float32(0.0))
+    return z, measured, kind
+
+
+def read_depth(path: str | Path, scale: float = 1.0) -> np.ndarray:
+    """A depth map (single-channel PNG or TIFF) as an organised cloud: x = column, y = row, z = depth * scale;
+    unmeasured pixels (0 where 0 is the background, NaN) are zeros. Whether 0 is a background is detected
+    (engine.datasets.depth_kind), not assumed: in a map without one, 0 is the surface's lowest reading."""
+    z, measured, _ = read_depth_measured(path)
     h, w = z.shape
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    measured = z != 0
-    return np.stack([xs * measured, ys * measured, z], -1)
+    return np.stack([xs * measured, ys * measured, z * np.float32(scale) * measured], -1)
+
+
+def display_cloud(path: str | Path, relief: float = 0.2) -> tuple[np.ndarray, str]:
+    """(organised cloud for viewing, one line saying what the file is) of an xyz TIFF or a depth map.
+
+    An xyz cloud is shown as measured. A depth map has no x / y pitch and often no known depth scale, so it is
+    shown as relief: x = column, y = row, z = depth relative to its median, scaled so the part's depth range
+    (1st to 99th percentile) spans `relief` of the image side; unmeasured pixels (a zero background) are left
+    out, so no flat background plane is drawn.
+    """
+    p = Path(path)
+    if not is_depth_map(p):
+        return read_xyz(p), "xyz point cloud"
+    z, measured, kind = read_depth_measured(p)
+    v = z[measured]
+    lo, hi = np.percentile(v, [1, 99])
+    span = float(hi - lo) or float(v.max() - v.min()) or 1.0
+    h, w = z.shape
+    dz = (z - float(np.median(v))) / span * relief * max(h, w)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    # z grows away from the sensor; a constant offset keeps every measured point off the all-zero "no point"
+    out = np.stack([xs + 1.0, ys + 1.0, dz + 2.0 * max(h, w)], -1).astype(np.float32)
+    out[~measured] = 0.0
+    return out, kind.describe()
 
 
 def valid_points(xyz: np.ndarray) -> np.ndarray:
@@ -94,21 +144,27 @@ def write_xyz(path: str | Path, xyz: np.ndarray) -> None:
     tifffile.imwrite(Path(path), xyz, photometric="minisblack")
 
 
+def _is_depth_tiff(p: Path) -> bool:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tif:
+            shape = tif.series[0].shape if tif.series else ()
+    except Exception:
+        return False  # read_xyz reports the damage
+    return len(shape) == 2 or (len(shape) == 3 and shape[-1] == 1)
+
+
+def is_depth_map(path: str | Path) -> bool:
+    """Whether a point-cloud file is a single-channel depth map (PNG, or a one-channel TIFF) rather than xyz."""
+    p = Path(path)
+    return _is_depth_tiff(p) if p.suffix.lower() in (".tif", ".tiff") else True
+
+
 def read_cloud(path: str | Path) -> np.ndarray:
     """An organised cloud from an xyz TIFF (H x W x 3) or a depth map (single channel, PNG or TIFF)."""
     p = Path(path)
-    if p.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(p) as tif:
-                shape = tif.series[0].shape if tif.series else ()
-        except Exception:
-            shape = ()  # read_xyz reports the damage
-        if len(shape) == 2 or (len(shape) == 3 and shape[-1] == 1):
-            return read_depth(p)
-        return read_xyz(p)
-    return read_depth(p)
+    return read_depth(p) if is_depth_map(p) else read_xyz(p)
 
 
 def cloud_path(extra: dict | None) -> Path | None:

@@ -7,7 +7,8 @@ A model folder (written by trainers.multimodal) holds:
   banks.npz           coresets of standardised patch features of good training parts: rgb and geo (measured),
                       rgb_pred and geo_pred (the stand-ins predicted for them), standardisation statistics,
                       per-pixel mean and spread of the stand-ins' maps on good parts (pixmu_*, pixsd_*)
-  multimodal.json     grid sizes, preprocessing, per-(modality, source) score normalisation, metadata
+  multimodal.json     grid sizes, preprocessing, the 3D input's kind and features, per-(modality, source) score
+                      normalisation, fusion weights, metadata
 
 Scoring one part: each available modality gives its patch features; a missing one is predicted from the other by
 the distillation network and queried against a bank of that modality: by default the measured bank
@@ -15,14 +16,18 @@ the distillation network and queried against a bank of that modality: by default
 cancels the translator's systematic error but also inherits how well it fits its own training parts);
 benchmarks/multimodal_3d.py measures both. Each source's patch distances become a blurred map,
 normalised by what held-out good parts score (0 = their mean, 1 = one standard deviation above), and the fused
-map is the mean of the two. A stand-in's map against the measured bank is first normalised per pixel by good
+map is the weighted mean of the two, with the weights in multimodal.json ("fusion": chosen at training from
+held-out good parts, or fixed by hand; see trainers.multimodal.fit). A stand-in's map against the measured bank is first normalised per pixel by good
 parts' maps: the translator errs more in some places than others (part edges, the background ring) on every
 part, and only departures from that pattern are anomalies (measured: benchmarks/RESULTS.md, "RGB + 3D").
 Only the files of the modalities asked for are opened: scoring from RGB alone never touches the point cloud,
 and the reverse.
 
-3D features (FPFH, open3d) are not an ONNX graph; they are computed by engine.geometry from the preprocessed
-cloud, the same code in training and inspection.
+3D features depend on what the sensor delivers ("geo_features" in multimodal.json): for xyz clouds (metric
+points), FPFH (open3d) on the preprocessed cloud; for depth maps (no x / y pitch, often no known scale), the
+RGB patch graph run on a geometry image of the map (relief, curvature, slope; engine.geometry.depth_image), read
+the way the depth kind detected at training says ("depth" in multimodal.json). Either is the same code in training
+and inspection; a depth map of another bit depth than the model's is refused, naming the file.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ GEO_TO_RGB_FILE = "geo_to_rgb.onnx"
 SOURCES = ("rgb", "geo", "rgb_pred", "geo_pred")  # feature sources: measured, and predicted from the other one
 MEASURED_BANK = {"rgb": "rgb", "geo": "geo", "rgb_pred": "rgb", "geo_pred": "geo"}
 STAND_IN_BANKS = ("measured", "predicted")
+GEO_FEATURES = ("fpfh", "depth_image")  # xyz clouds / depth maps
 MODES = {  # what a report mode uses: (rgb source, geo source); None = modality left out
     "both": ("rgb", "geo"),
     "rgb_only": ("rgb", None),
@@ -99,6 +105,11 @@ class MultimodalModel:
         self.sigma: float = self.meta["blur_sigma"]
         self.norm: dict[str, list[float]] = self.meta.get("normalisation", {})
         self.stand_in_bank: str = self.meta.get("stand_in_bank", "measured")
+        self.geo_features: str = self.meta.get("geo_features", "fpfh")
+        if self.geo_features not in GEO_FEATURES:
+            raise DefectScopeError(f"{meta_path}: unknown geo_features '{self.geo_features}'")
+        fusion = self.meta.get("fusion") or {}
+        self.weights: dict[str, float] = {s: float(fusion.get("weights", {}).get(s, 1.0)) for s in SOURCES}
         self._threads = threads
         self._sessions: dict[str, object] = {}
         banks_path = self.dir / BANKS_FILE
@@ -126,8 +137,35 @@ class MultimodalModel:
         rows = f[0].reshape(f.shape[1], -1).T
         return self._standardise("rgb", rows)
 
+    @property
+    def needs_open3d(self) -> bool:
+        """Whether 3D features need open3d (FPFH of xyz clouds); geometry images of depth maps do not."""
+        return self.geo_features == "fpfh"
+
+    def depth_settings(self) -> tuple[Any, Any, int]:
+        """(DepthKind, DepthScales or None, grid) of a depth-image model."""
+        from engine.datasets.depth_kind import DepthKind
+        from engine.geometry.depth_image import DepthScales
+
+        depth = self.meta.get("depth") or {}
+        if "kind" not in depth:
+            raise DefectScopeError(f"{self.dir}: {METADATA_FILE} has no depth kind for its depth-image features")
+        scales = depth.get("scales")
+        return (DepthKind.from_dict(depth["kind"]), None if scales is None else DepthScales(**scales),
+                int(depth.get("grid", self.map_size)))
+
     def features_geo(self, xyz_path: str | Path, cache_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(standardised cells*cells x 33 FPFH rows, coverage per cell) of an xyz file."""
+        """(standardised cells*cells x dim 3D rows, coverage per cell) of a point-cloud file: FPFH of an xyz cloud,
+        or patch features of a depth map's geometry image (see the module's docstring)."""
+        if self.geo_features == "depth_image":
+            from engine.geometry.depth_image import geometry_image_file
+
+            kind, scales, grid = self.depth_settings()
+            img, measured, _, _ = geometry_image_file(xyz_path, grid, kind, scales)
+            (f,) = self._session(RGB_FEATURES_FILE).run(None, {"image": np.ascontiguousarray(img)})
+            g = f.shape[-1]
+            coverage = cv2.resize(measured.astype(np.float32), (g, g), interpolation=cv2.INTER_AREA)
+            return self._standardise("geo", f[0].reshape(f.shape[1], -1).T), coverage.reshape(-1)
         from engine.geometry.features import fpfh_grid
         from engine.geometry.preprocess import PrepConfig, prepare_file
 
@@ -209,10 +247,21 @@ class MultimodalModel:
             rows["rgb_pred"] = self.translate(rows["geo"], "rgb")
         return rows, opened
 
+    def mode_weights(self, mode: str) -> dict[str, float]:
+        """The fusion weights of a mode's sources, summing to 1 (equal when the model's are all 0 for them)."""
+        used = [s for s in MODES[mode] if s]
+        w = {s: max(0.0, self.weights.get(s, 1.0)) for s in used}
+        total = sum(w.values())
+        return {s: (v / total if total > 0 else 1.0 / len(used)) for s, v in w.items()}
+
     def fuse(self, rows: dict[str, np.ndarray], mode: str, opened: list[str] | None = None) -> MultimodalPrediction:
-        """The fused prediction of `mode` from feature rows (every source the mode uses must be in `rows`)."""
-        maps = {s: self.normalised(self.raw_map(rows[s], s), s) for s in MODES[mode] if s}
-        fused = np.mean(np.stack(list(maps.values())), 0).astype(np.float32)
+        """The fused prediction of `mode` from feature rows (every source the mode uses must be in `rows`): the
+        weighted mean of its sources' normalised maps (`mode_weights`)."""
+        weights = self.mode_weights(mode)
+        maps = {s: self.normalised(self.raw_map(rows[s], s), s) for s in weights}
+        fused = np.zeros_like(next(iter(maps.values())), dtype=np.float32)
+        for s, m in maps.items():
+            fused += np.float32(weights[s]) * m
         return MultimodalPrediction(float(fused.max()), fused, maps, list(opened or []))
 
 
@@ -236,12 +285,15 @@ class MultimodalScorer(BaseScorer):
         # 3D features need open3d (the '3d' extra), which the inspection-PC installer leaves out (900 MB). Such
         # an install still scores RGB + 3D parts, from the image with the distilled 3D stand-in (the model's
         # missing-sensor mode), and says so, rather than failing every part.
-        try:
-            import open3d  # noqa: F401
+        if not self.model.needs_open3d:
+            self.geometry = True  # depth maps: geometry images need no open3d
+        else:
+            try:
+                import open3d  # noqa: F401
 
-            self.geometry = True
-        except ImportError:
-            self.geometry = False
+                self.geometry = True
+            except ImportError:
+                self.geometry = False
 
     def read(self, sample: Sample) -> ScoringInput:
         from engine.datasets.pointcloud import cloud_path

@@ -59,16 +59,19 @@ class CloudFeature(Feature):
         view = self._ensure_view()
         amap = w.scoring.anomaly_map(key)
 
-        def load() -> tuple[np.ndarray, np.ndarray]:
+        def load() -> tuple[np.ndarray, np.ndarray, str]:
             from engine.datasets.imageio import read_image
-            from engine.datasets.pointcloud import read_cloud
+            from engine.datasets.pointcloud import display_cloud
 
-            return read_cloud(xyz_path), read_image(sample.image_path)
+            # a depth map is shown as relief (its kind detected: a zero background left out, the depth range
+            # scaled to a fifth of the side whatever its unit); an xyz cloud as measured
+            cloud, about = display_cloud(xyz_path)
+            return cloud, read_image(sample.image_path), about
 
-        def show(result: tuple[np.ndarray, np.ndarray]) -> None:
+        def show(result: tuple[np.ndarray, np.ndarray, str]) -> None:
             if key == w.shown_key:
                 self.cloud_key = key
-                view.set_cloud(result[0], result[1], amap)
+                view.set_cloud(result[0], result[1], amap, about=result[2])
                 if self.pixel_marker is not None:
                     self.pixel_marker.clear()
 

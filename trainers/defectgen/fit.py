@@ -78,8 +78,6 @@ def fit_generator(data: WindowBank, n_classes: int, cfg: GeneratorConfig, seed: 
     shared in proportion to each model's steps, so a budget-stopped run still trains both."""
     progress = progress or (lambda _f, _m: None)
     device = device or torch.device("cpu")
-    # Subnormal floats in the small late-timestep gradients slowed CPU steps tenfold over a long run.
-    torch.set_flush_denormal(True)
     torch.manual_seed(seed)  # the models' initial weights
     large, small = build_models(cfg, n_classes)
     large, small = large.to(device), small.to(device)

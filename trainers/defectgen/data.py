@@ -114,12 +114,9 @@ def augmented_batch(bank: WindowBank, batch_size: int, crop: int | None, gen: to
     local texture only)."""
     idx = torch.randint(0, bank.data.shape[0], (batch_size,), generator=gen)
     x = bank.data[idx].clone()
-    for dims, flag in (((-1,), None), ((-2,), None), (None, "transpose")):
+    for op in (lambda t: t.flip(-1), lambda t: t.flip(-2), lambda t: t.transpose(-1, -2)):
         pick = torch.rand(batch_size, generator=gen) < 0.5
-        if flag == "transpose":
-            x[pick] = x[pick].transpose(-1, -2)
-        else:
-            x[pick] = x[pick].flip(dims)
+        x[pick] = op(x[pick])
     labels = bank.labels[idx]
     if crop is None or crop >= x.shape[-1]:
         return x, labels
